@@ -1,0 +1,1 @@
+"""chainsuite conformance suite: CLI, adapters and case catalogue."""

@@ -1,0 +1,1 @@
+"""chainsuite image chains on disk: qemu-img wrapper, specs, crafted images."""

@@ -1,0 +1,1 @@
+"""chainsuite reference implementation: formats, backing strings, the chain prober, profiles."""

@@ -1,0 +1,1 @@
+"""On-disk image formats, one module each: magic, version, header decoding."""
