@@ -1,0 +1,134 @@
+"""The bytes of an image header as a decoder sees them, and what a decoder reports.
+
+Decoders are pure: they read from a ``Header`` and never touch a file. A header
+holds the bytes read so far from offset 0 and the length the active rules allow
+(libvirt reads at most a fixed number of bytes, never past the end of the
+file). When a decoder needs bytes that lie within that length but have not
+been read yet, it raises ``NeedMoreBytes`` and the caller reads further and
+decodes again; so a well-formed header costs one small read.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+
+class NeedMoreBytes(Exception):
+    """The decoder needs the header read up to ``end`` (exclusive)."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__(end)
+        self.end = end
+
+
+class HeaderRejected(Exception):
+    """The header is one the rules refuse to open (qemu's open errors)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """Bytes from offset 0; ``length`` is how many bytes the rules let the decoder see."""
+
+    data: bytes
+    length: int
+
+    @classmethod
+    def of(cls, data: bytes) -> Header:
+        """A header that is completely read: the decoder sees exactly ``data``."""
+        return cls(data, len(data))
+
+    def get(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) clipped to ``length``; asks for more when they are not read yet."""
+        end = min(end, self.length)
+        if start >= end:
+            return b""
+        if end > len(self.data):
+            raise NeedMoreBytes(end)
+        return self.data[start:end]
+
+    def has(self, start: int, size: int) -> bool:
+        """Whether [start, start+size) lies within what the rules let the decoder see."""
+        return start + size <= self.length
+
+    def u16be(self, offset: int) -> int:
+        return int(struct.unpack(">H", self.get(offset, offset + 2))[0])
+
+    def u32be(self, offset: int) -> int:
+        return int(struct.unpack(">I", self.get(offset, offset + 4))[0])
+
+    def u64be(self, offset: int) -> int:
+        return int(struct.unpack(">Q", self.get(offset, offset + 8))[0])
+
+    def u32le(self, offset: int) -> int:
+        return int(struct.unpack("<I", self.get(offset, offset + 4))[0])
+
+    def u64le(self, offset: int) -> int:
+        return int(struct.unpack("<Q", self.get(offset, offset + 8))[0])
+
+    def c_string(self, start: int, limit: int) -> bytes:
+        """Bytes from ``start`` up to the first NUL, at most up to ``limit`` (C's strnlen)."""
+        limit = min(limit, self.length)
+        position = start
+        chunk = 256
+        while position < limit:
+            piece = self.get(position, min(position + chunk, limit))
+            nul = piece.find(b"\0")
+            if nul >= 0:
+                return self.get(start, position + nul)
+            position += len(piece)
+            chunk *= 2
+        return self.get(start, limit)
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What one header says about its image, as the active rules read it.
+
+    ``backing_name`` is None when the rules see no backing.
+    ``backing_format_records`` are the backing-format names the header records,
+    verbatim, in the order the rules met them (a qcow2 header may hold several).
+    ``backing_probe_safe`` is QED's case of an unrecorded format that libvirt
+    probes under its safe rule (AUTO_SAFE).
+    """
+
+    format: str
+    virtual_size: int | None = None
+    backing_name: bytes | None = None
+    backing_format_records: tuple[str, ...] = ()
+    backing_probe_safe: bool = False
+    version: int | None = None
+    cluster_size: int | None = None
+    compat: str | None = None
+    features: frozenset[str] = field(default_factory=frozenset)
+    data_file: bytes | None = None
+    encryption: str | None = None
+
+    @property
+    def backing_format(self) -> str | None:
+        """The recorded backing format as qemu reports it: the last one recorded."""
+        return self.backing_format_records[-1] if self.backing_format_records else None
+
+
+@dataclass(frozen=True)
+class LibvirtReadRules:
+    """The header-reading rules that differ between libvirt eras (fields of a Profile)."""
+
+    backing_name_max: int | None
+    """Longest backing name accepted; a longer one reads as no backing (None: no limit)."""
+    qcow2_v3_extensions_at_header_length: bool
+    """Scan qcow2 v3 extensions from header_length (else from 72, as libvirt 0.10-1.0 did)."""
+    qcow2_extension_needs_nul: bool
+    """The backing-format string must be followed by a NUL byte to count (libvirt <= 5.x)."""
+    qcow2_extension_padding: bool
+    """Step over extensions rounded up to 8 bytes, as the qcow2 spec says (libvirt >= 10.10)."""
+    vmdk_descriptor_limit: int
+    """How far past offset 0x200 the VMDK descriptor is searched, at most."""
+
+
+def decode_c_name(raw: bytes) -> str:
+    """A recorded name as C sees it: cut at the first NUL; undecodable bytes kept as escapes."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raw = raw[:nul]
+    return raw.decode("utf-8", errors="surrogateescape")

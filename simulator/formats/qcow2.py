@@ -1,0 +1,311 @@
+"""qcow2 (versions 2 and 3): header decoding under libvirt's and qemu's rules, and an encoder.
+
+Layout (big-endian): magic ``QFI\\xfb`` @0, version @4, backing_file_offset @8
+(u64), backing_file_size @16 (u32), cluster_bits @20, size @24 (u64),
+crypt_method @32, ... v2 header ends at 72; v3 adds incompatible @72,
+compatible @80, autoclear @88 feature bits, refcount_order @96 and
+header_length @100. Header extensions (type u32, length u32, data padded to 8)
+follow the header and end at the backing name.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+from simulator.formats.header import Header, HeaderInfo, HeaderRejected, LibvirtReadRules
+
+MAGIC = b"QFI\xfb"
+V2_HEADER_LENGTH = 72
+V3_HEADER_LENGTH = 104
+EXT_END = 0x00000000
+EXT_BACKING_FORMAT = 0xE2792ACA
+EXT_FEATURE_TABLE = 0x6803F857
+EXT_DATA_FILE = 0x44415441
+
+INCOMPAT_DIRTY = 1 << 0
+INCOMPAT_CORRUPT = 1 << 1
+INCOMPAT_DATA_FILE = 1 << 2
+INCOMPAT_COMPRESSION = 1 << 3
+INCOMPAT_EXTENDED_L2 = 1 << 4
+INCOMPAT_KNOWN = 0x1F
+COMPAT_LAZY_REFCOUNTS = 1 << 0
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
+
+_CRYPT_NAMES = {1: "aes", 2: "luks"}
+
+
+def _feature_names(incompatible: int, compatible: int) -> frozenset[str]:
+    names = set()
+    for bit, name in (
+        (INCOMPAT_DIRTY, "dirty"),
+        (INCOMPAT_CORRUPT, "corrupt"),
+        (INCOMPAT_DATA_FILE, "data-file"),
+        (INCOMPAT_COMPRESSION, "compression-type"),
+        (INCOMPAT_EXTENDED_L2, "extended-l2"),
+    ):
+        if incompatible & bit:
+            names.add(name)
+    if compatible & COMPAT_LAZY_REFCOUNTS:
+        names.add("lazy-refcounts")
+    return frozenset(names)
+
+
+def decode_libvirt(header: Header, rules: LibvirtReadRules) -> HeaderInfo:
+    """libvirt's reading (qcowXGetBackingStore, qcow2GetExtensions, qcow2GetFeatures).
+
+    Names that are too long or lie outside the read header are not errors:
+    libvirt reads them as no backing at all.
+    """
+    version = header.u32be(4) if header.has(4, 4) else None
+    size = header.u64be(24) if header.has(24, 8) else None
+    cluster_bits = header.u32be(20) if header.has(20, 4) else 0
+    crypt = header.u32be(32) if header.has(32, 4) else 0
+    features: frozenset[str] = frozenset()
+    compat = None
+    if version is not None and version >= 3 and header.has(100, 4):
+        features = _feature_names(header.u64be(72), header.u64be(80))
+        compat = "1.1"
+    elif version == 2:
+        compat = "0.10"
+    info = HeaderInfo(
+        format="qcow2",
+        virtual_size=size,
+        version=version,
+        cluster_size=(1 << cluster_bits) if 0 < cluster_bits < 64 else None,
+        compat=compat,
+        features=features,
+        encryption=_CRYPT_NAMES.get(crypt),
+    )
+    name = _libvirt_backing_name(header, rules)
+    if name is None:
+        return info
+    records = _libvirt_backing_format_records(header, rules)
+    return replace(info, backing_name=name, backing_format_records=records)
+
+
+def _libvirt_backing_name(header: Header, rules: LibvirtReadRules) -> bytes | None:
+    if not header.has(8, 12):
+        return None
+    offset = header.u64be(8)
+    size = header.u32be(16)
+    if offset == 0 or size == 0 or offset > header.length:
+        return None
+    if rules.backing_name_max is not None and size > rules.backing_name_max:
+        return None
+    if offset + size > header.length:
+        return None
+    return header.get(offset, offset + size)
+
+
+def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> tuple[str, ...]:
+    """Backing-format extensions, scanned the way the era's libvirt scanned them."""
+    version = header.u32be(4)
+    if version == 2 or not rules.qcow2_v3_extensions_at_header_length:
+        start = V2_HEADER_LENGTH
+    else:
+        if not header.has(100, 4):
+            return ()
+        start = header.u32be(100)
+    end = header.u64be(8)
+    if end > header.length:
+        return ()
+    found: list[str] = []
+    offset = start
+    while offset < header.length - 8 and offset < end - 8:
+        magic = header.u32be(offset)
+        length = header.u32be(offset + 4)
+        offset += 8
+        if offset + length > header.length:
+            break
+        if magic == EXT_END:
+            break
+        if magic == EXT_BACKING_FORMAT:
+            terminated = header.get(offset + length, offset + length + 1) == b"\0"
+            if terminated or not rules.qcow2_extension_needs_nul:
+                found.append(_c_text(header.get(offset, offset + length)))
+        offset += _round8(length) if rules.qcow2_extension_padding else length
+    return tuple(found)
+
+
+def decode_qemu(header: Header) -> HeaderInfo:
+    """qemu 7.2's qcow2_do_open checks that ``qemu-img info`` meets, in the same order."""
+    if header.get(0, 4) != MAGIC:
+        raise HeaderRejected("Image is not in qcow2 format")
+    if not header.has(0, V2_HEADER_LENGTH):
+        raise HeaderRejected("Could not read qcow2 header: Input/output error")
+    version = header.u32be(4)
+    if version < 2 or version > 3:
+        raise HeaderRejected(f"Unsupported qcow2 version {version}")
+    cluster_bits = header.u32be(20)
+    if cluster_bits < 9 or cluster_bits > 21:
+        raise HeaderRejected(f"Unsupported cluster size: 2^{cluster_bits}")
+    cluster_size = 1 << cluster_bits
+    incompatible = compatible = autoclear = 0
+    if version == 2:
+        header_length = V2_HEADER_LENGTH
+    else:
+        header_length = header.u32be(100)
+        if header_length < V3_HEADER_LENGTH:
+            raise HeaderRejected("qcow2 header too short")
+        if header_length > cluster_size:
+            raise HeaderRejected("qcow2 header exceeds cluster size")
+        incompatible = header.u64be(72)
+        compatible = header.u64be(80)
+        autoclear = header.u64be(88)
+    backing_offset = header.u64be(8)
+    if backing_offset > cluster_size:
+        raise HeaderRejected("Invalid backing file offset")
+    unknown = incompatible & ~INCOMPAT_KNOWN
+    if unknown:
+        raise HeaderRejected(
+            f"Unsupported qcow2 feature(s): Unknown incompatible feature: {unknown:x}"
+        )
+    if version == 3 and header.u32be(96) > 6:
+        raise HeaderRejected("Reference count entry width too large; may not exceed 64 bits")
+    ext_end = backing_offset if backing_offset else cluster_size
+    extensions = _qemu_extensions(header, header_length, ext_end)
+    name = None
+    if backing_offset:
+        length = header.u32be(16)
+        if length > min(1023, cluster_size - backing_offset):
+            raise HeaderRejected("Backing file name too long")
+        raw = header.get(backing_offset, backing_offset + length)
+        name = raw.split(b"\0", 1)[0] or None
+    records = extensions.backing_formats if name is not None else ()
+    data_file = extensions.data_file if incompatible & INCOMPAT_DATA_FILE else None
+    crypt = header.u32be(32)
+    return HeaderInfo(
+        format="qcow2",
+        virtual_size=header.u64be(24),
+        backing_name=name,
+        backing_format_records=records,
+        version=version,
+        cluster_size=cluster_size,
+        compat="0.10" if version == 2 else "1.1",
+        features=_feature_names(incompatible, compatible)
+        | (frozenset({"data-file-raw"}) if autoclear & AUTOCLEAR_DATA_FILE_RAW else frozenset()),
+        data_file=data_file,
+        encryption=_CRYPT_NAMES.get(crypt),
+    )
+
+
+@dataclass(frozen=True)
+class _Extensions:
+    backing_formats: tuple[str, ...] = ()
+    data_file: bytes | None = None
+
+
+def _qemu_extensions(header: Header, start: int, end: int) -> _Extensions:
+    """qcow2_read_extensions: lengths are checked against the end, steps are padded to 8."""
+    backing_formats: list[str] = []
+    data_file = None
+    offset = start
+    while offset < end:
+        magic = header.u32be(offset)
+        length = header.u32be(offset + 4)
+        offset += 8
+        if offset > end or length > end - offset:
+            raise HeaderRejected("Header extension too large")
+        if magic == EXT_END:
+            break
+        if magic == EXT_BACKING_FORMAT:
+            if length >= 16:
+                raise HeaderRejected(f"ERROR: ext_backing_format: len={length} too large (>=16)")
+            backing_formats.append(_c_text(header.get(offset, offset + length)))
+        elif magic == EXT_DATA_FILE:
+            data_file = header.get(offset, offset + length).split(b"\0", 1)[0]
+        offset += _round8(length)
+    return _Extensions(tuple(backing_formats), data_file)
+
+
+def _c_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
+
+
+def _round8(value: int) -> int:
+    return (value + 7) & ~7
+
+
+@dataclass(frozen=True)
+class Qcow2Image:
+    """What the encoder writes: a valid, empty qcow2 image as qemu-img lays it out."""
+
+    virtual_size: int
+    backing_name: bytes | None = None
+    backing_format: str | None = None
+    version: int = 3
+    cluster_bits: int = 16
+    data_file: bytes | None = None
+
+
+def encode(image: Qcow2Image) -> bytes:
+    """An empty qcow2 image: header, extensions, backing name, refcount table and block, L1.
+
+    The layout follows qemu-img 7.2 (v3: header_length 112, backing format
+    extension first, backing name after the end marker), so that ``qemu-img
+    check`` accepts it and ``qemu-img info`` reads it as it reads its own.
+    """
+    if image.version not in (2, 3):
+        raise ValueError(f"qcow2 version {image.version} cannot be encoded")
+    cluster_size = 1 << image.cluster_bits
+    header_length = V2_HEADER_LENGTH if image.version == 2 else 112
+    extensions = bytearray()
+    if image.backing_format is not None:
+        extensions += _extension(EXT_BACKING_FORMAT, image.backing_format.encode())
+    if image.data_file is not None:
+        extensions += _extension(EXT_DATA_FILE, image.data_file)
+    extensions += struct.pack(">II", EXT_END, 0)
+    backing_offset = header_length + len(extensions) if image.backing_name else 0
+    backing = image.backing_name or b""
+    if backing_offset + len(backing) > cluster_size:
+        raise ValueError("backing name does not fit in the first cluster")
+
+    l2_entries = cluster_size // 8
+    l1_size = max(1, -(-image.virtual_size // (cluster_size * l2_entries)))
+    l1_clusters = -(-l1_size * 8 // cluster_size)
+    refcount_table_offset = cluster_size
+    refcount_block_offset = 2 * cluster_size
+    l1_offset = 3 * cluster_size
+    total_clusters = 3 + l1_clusters
+    refcount_entries = cluster_size // 2
+    if total_clusters > refcount_entries:
+        raise ValueError("virtual size too large for a single refcount block")
+
+    incompatible = INCOMPAT_DATA_FILE if image.data_file is not None else 0
+    fields = struct.pack(
+        ">4sIQIIQIIQQIIQ",
+        MAGIC,
+        image.version,
+        backing_offset,
+        len(backing) if image.backing_name else 0,
+        image.cluster_bits,
+        image.virtual_size,
+        0,
+        l1_size,
+        l1_offset,
+        refcount_table_offset,
+        1,
+        0,
+        0,
+    )
+    if image.version == 3:
+        fields += struct.pack(">QQQII", incompatible, 0, 0, 4, header_length)
+        fields += bytes(header_length - len(fields))
+    first = bytearray(cluster_size)
+    first[: len(fields)] = fields
+    first[header_length : header_length + len(extensions)] = extensions
+    if image.backing_name:
+        first[backing_offset : backing_offset + len(backing)] = backing
+    table = bytearray(cluster_size)
+    table[0:8] = struct.pack(">Q", refcount_block_offset)
+    block = bytearray(cluster_size)
+    for index in range(total_clusters):
+        block[index * 2 : index * 2 + 2] = struct.pack(">H", 1)
+    l1 = bytes(l1_clusters * cluster_size)
+    return bytes(first) + bytes(table) + bytes(block) + l1
+
+
+def _extension(magic: int, payload: bytes) -> bytes:
+    padded = payload + bytes(_round8(len(payload)) - len(payload))
+    return struct.pack(">II", magic, len(payload)) + padded

@@ -1,0 +1,253 @@
+"""Named rule profiles: every prober rule that changed over libvirt's history is a field here.
+
+Code never asks which version it emulates; it asks the active profile for one rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from simulator.formats.header import LibvirtReadRules
+
+LIBVIRT_MAX_HEADER = 0x8200
+"""VIR_STORAGE_MAX_HEADER: bytes libvirt reads of a header since 1.2 (the ISO magic fits)."""
+LIBVIRT_2012_MAX_HEADER = 20 * 512
+"""STORAGE_MAX_HEAD of libvirt 1.0 ("VMDK needs at least this")."""
+QEMU_DRIVER_MAX_DEPTH = 200
+"""QEMU_DOMAIN_STORAGE_SOURCE_CHAIN_MAX_DEPTH."""
+
+
+class TopFormatRule(StrEnum):
+    """What an unspecified format of the top image becomes."""
+
+    PROBE_IF_ALLOWED = "probe-if-allowed"
+    """libvirt <= 4.4: probe when allow_disk_format_probing is set, else raw."""
+    RAW = "raw"
+    """libvirt >= 4.5: raw (dir for a directory); the top is never probed."""
+    PROBE = "probe"
+    """qemu-img without -f: always probe."""
+
+
+class UnrecordedBackingRule(StrEnum):
+    """What a backing image whose format the overlay does not record becomes."""
+
+    RAW_UNLESS_PROBING_ALLOWED = "raw-unless-probing-allowed"
+    """libvirt 0.8.3-4.4: raw (the chain ends there) unless probing is allowed."""
+    RAW = "raw"
+    """libvirt 4.5-5.10: raw."""
+    ERROR = "error"
+    """libvirt 6.0: an error, the disk is refused."""
+    PROBE_IF_NO_BACKING = "probe-if-no-backing"
+    """libvirt >= 6.1: probed, accepted only if the probed image has no backing of its own."""
+    PROBE = "probe"
+    """qemu: probed silently."""
+
+
+class UnknownFormatNameRule(StrEnum):
+    """What a recorded backing format that is not one of libvirt's format names becomes."""
+
+    AS_UNRECORDED = "as-unrecorded"
+    """libvirt <= 9.9: as if no format were recorded (qcow2 'file', 'nbd', 'zzz')."""
+    RAW = "raw"
+    """libvirt >= 9.10: raw, since qemu allows protocol driver names there."""
+    QEMU_DRIVER = "qemu-driver"
+    """qemu: the name is a driver: a format, a protocol, or 'Unknown driver'."""
+
+
+class RelativeNameRule(StrEnum):
+    """How a relative backing name becomes a path."""
+
+    LIBVIRT_LEXICAL = "libvirt-lexical"
+    """dirname(parent) + '/' + name, no normalisation, no symlink resolution (libvirt >= 1.2.6)."""
+    CANONICAL = "canonical"
+    """realpath(dirname(parent) + '/' + name); a missing file fails (libvirt 1.0)."""
+    QEMU_LEXICAL = "qemu-lexical"
+    """The parent's name up to its last '/' + name; '' when it has none (qemu)."""
+
+
+class LoopRule(StrEnum):
+    """How a loop in the chain is noticed."""
+
+    VISITED_PATHS = "visited-paths"
+    """A set of the paths opened (canonical below the top): 'self-referential' (libvirt 1.0)."""
+    DEPTH_LIMIT = "depth-limit"
+    """Only the depth limit: 'self-referential or too deeply nested' (libvirt >= 9)."""
+    VISITED_NAMES = "visited-names"
+    """The exact name strings opened: 'creates an infinite loop' (qemu-img info)."""
+
+
+class DetectionRule(StrEnum):
+    """How a format is probed."""
+
+    LIBVIRT_2012 = "libvirt-2012"
+    LIBVIRT = "libvirt"
+    QEMU = "qemu"
+
+
+class NetworkBackingRule(StrEnum):
+    """What a backing on a network server does to the chain."""
+
+    NOT_FOLLOWED = "not-followed"
+    """libvirt 1.0: the name is kept, no element is made; the chain's end is unknown."""
+    UNTERMINATED_ELEMENT = "unterminated-element"
+    """libvirt >= 1.2: an element with protocol and hosts ends the chain, unterminated."""
+    ERROR = "error"
+    """qemu-img would connect to the server; the prober does not, and says so."""
+
+
+class HeaderDecoder(StrEnum):
+    """Whose header reading applies: libvirt's lenient one or qemu's validating one."""
+
+    LIBVIRT = "libvirt"
+    QEMU = "qemu"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One era's rules: every field is one rule; ``summary`` says where they come from."""
+
+    name: str
+    summary: str
+    top_format: TopFormatRule
+    allow_format_probing: bool
+    unrecorded_backing: UnrecordedBackingRule
+    qed_unrecorded_always_probed: bool
+    """QED without its raw flag (AUTO_SAFE) is probed even where probing is not allowed."""
+    unknown_format_name: UnknownFormatNameRule
+    none_format_name_fails: bool
+    """A recorded 'none' reaches the prober as format NONE and fails (libvirt 6.x-9.x)."""
+    relative_names: RelativeNameRule
+    loop_detection: LoopRule
+    max_depth: int | None
+    """Layers at most, top included (None: no limit)."""
+    header_bound: int | None
+    """Bytes read of each header (None: as much as the format asks for, as qemu does)."""
+    read_rules: LibvirtReadRules
+    decoder: HeaderDecoder
+    detection: DetectionRule
+    network_backing: NetworkBackingRule
+    json_backing_names: bool
+    """json:{...} backing names are parsed (libvirt >= 2.1, qemu); else a protocol string."""
+    inline_credentials_stop: bool
+    """A backing URI with credentials ends the chain before it, unterminated (libvirt)."""
+    detected_iso_as_raw: bool
+    """The qemu driver turns a detected iso backing into raw (libvirt >= 1.2)."""
+
+
+_MODERN_READ = LibvirtReadRules(
+    backing_name_max=1023,
+    qcow2_v3_extensions_at_header_length=True,
+    qcow2_extension_needs_nul=False,
+    qcow2_extension_padding=False,
+    vmdk_descriptor_limit=LIBVIRT_MAX_HEADER - 1,
+)
+_2012_READ = LibvirtReadRules(
+    backing_name_max=None,
+    qcow2_v3_extensions_at_header_length=False,
+    qcow2_extension_needs_nul=True,
+    qcow2_extension_padding=False,
+    vmdk_descriptor_limit=LIBVIRT_2012_MAX_HEADER,
+)
+
+SEED_V2 = Profile(
+    name="seed-v2",
+    summary="Eric Blake's PATCHv2 12/16 as posted (October 2012) over libvirt 1.0's prober",
+    top_format=TopFormatRule.PROBE_IF_ALLOWED,
+    allow_format_probing=False,
+    unrecorded_backing=UnrecordedBackingRule.RAW_UNLESS_PROBING_ALLOWED,
+    qed_unrecorded_always_probed=True,
+    unknown_format_name=UnknownFormatNameRule.AS_UNRECORDED,
+    none_format_name_fails=False,
+    relative_names=RelativeNameRule.CANONICAL,
+    loop_detection=LoopRule.VISITED_PATHS,
+    max_depth=None,
+    header_bound=LIBVIRT_2012_MAX_HEADER,
+    read_rules=_2012_READ,
+    decoder=HeaderDecoder.LIBVIRT,
+    detection=DetectionRule.LIBVIRT_2012,
+    network_backing=NetworkBackingRule.NOT_FOLLOWED,
+    json_backing_names=False,
+    inline_credentials_stop=False,
+    detected_iso_as_raw=False,
+)
+
+LIBVIRT_1_0 = Profile(
+    name="libvirt-1.0",
+    summary="libvirt 1.0.0 (November 2012): the cache as it landed in 4d34c92947e8",
+    top_format=TopFormatRule.PROBE_IF_ALLOWED,
+    allow_format_probing=False,
+    unrecorded_backing=UnrecordedBackingRule.RAW_UNLESS_PROBING_ALLOWED,
+    qed_unrecorded_always_probed=True,
+    unknown_format_name=UnknownFormatNameRule.AS_UNRECORDED,
+    none_format_name_fails=False,
+    relative_names=RelativeNameRule.CANONICAL,
+    loop_detection=LoopRule.VISITED_PATHS,
+    max_depth=None,
+    header_bound=LIBVIRT_2012_MAX_HEADER,
+    read_rules=_2012_READ,
+    decoder=HeaderDecoder.LIBVIRT,
+    detection=DetectionRule.LIBVIRT_2012,
+    network_backing=NetworkBackingRule.NOT_FOLLOWED,
+    json_backing_names=False,
+    inline_credentials_stop=False,
+    detected_iso_as_raw=False,
+)
+
+LIBVIRT_MODERN = Profile(
+    name="libvirt-modern",
+    summary="libvirt 6.1-9.x with -blockdev (checked against libvirt 9.0)",
+    top_format=TopFormatRule.RAW,
+    allow_format_probing=False,
+    unrecorded_backing=UnrecordedBackingRule.PROBE_IF_NO_BACKING,
+    qed_unrecorded_always_probed=False,
+    unknown_format_name=UnknownFormatNameRule.AS_UNRECORDED,
+    none_format_name_fails=True,
+    relative_names=RelativeNameRule.LIBVIRT_LEXICAL,
+    loop_detection=LoopRule.DEPTH_LIMIT,
+    max_depth=QEMU_DRIVER_MAX_DEPTH,
+    header_bound=LIBVIRT_MAX_HEADER,
+    read_rules=_MODERN_READ,
+    decoder=HeaderDecoder.LIBVIRT,
+    detection=DetectionRule.LIBVIRT,
+    network_backing=NetworkBackingRule.UNTERMINATED_ELEMENT,
+    json_backing_names=True,
+    inline_credentials_stop=True,
+    detected_iso_as_raw=True,
+)
+
+QEMU = Profile(
+    name="qemu",
+    summary="qemu-img 7.2 info --backing-chain",
+    top_format=TopFormatRule.PROBE,
+    allow_format_probing=True,
+    unrecorded_backing=UnrecordedBackingRule.PROBE,
+    qed_unrecorded_always_probed=True,
+    unknown_format_name=UnknownFormatNameRule.QEMU_DRIVER,
+    none_format_name_fails=False,
+    relative_names=RelativeNameRule.QEMU_LEXICAL,
+    loop_detection=LoopRule.VISITED_NAMES,
+    max_depth=None,
+    header_bound=None,
+    read_rules=_MODERN_READ,
+    decoder=HeaderDecoder.QEMU,
+    detection=DetectionRule.QEMU,
+    network_backing=NetworkBackingRule.ERROR,
+    json_backing_names=True,
+    inline_credentials_stop=False,
+    detected_iso_as_raw=False,
+)
+
+PROFILES: dict[str, Profile] = {
+    profile.name: profile for profile in (SEED_V2, LIBVIRT_1_0, LIBVIRT_MODERN, QEMU)
+}
+DEFAULT_PROFILE = LIBVIRT_MODERN.name
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile; a KeyError names the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(PROFILES)
+        raise KeyError(f"unknown profile {name!r} (known: {known})") from None
