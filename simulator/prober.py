@@ -8,6 +8,7 @@ rule that changed over time is asked of the profile.
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -29,6 +30,7 @@ from simulator.formats.header import (
     NeedMoreBytes,
     decode_c_name,
 )
+from simulator.formats.plain import qemu_virtual_size
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.profiles import (
     DetectionRule,
@@ -52,6 +54,10 @@ QEMU_FORMATS = frozenset(
     | {"vhdx", "vmdk", "vpc"}
 )
 QEMU_FILE_PROTOCOLS = frozenset({"file", "host_device", "host_cdrom"})
+QEMU_NETWORK_PROTOCOLS = frozenset(
+    {"nbd", "nbd+tcp", "nbd+unix", "http", "https", "ftp", "ftps", "ssh", "iscsi", "iser"}
+    | {"rbd", "gluster", "gluster+tcp", "gluster+unix", "gluster+rdma", "nfs", "nvme"}
+)
 PROBE = None
 """A pending format of None means: probe it (libvirt's AUTO)."""
 
@@ -215,7 +221,8 @@ class _LibvirtWalk:
             depth += 1
 
     def _top_format(self, format: str | None, kind: FileKind | None) -> str | None:
-        if format is not None:
+        """virStorageSourceGetMetadata: a format <= NONE (unspecified or 'none') is decided here."""
+        if format not in (None, "none"):
             return format
         if self.profile.top_format is TopFormatRule.PROBE_IF_ALLOWED:
             return PROBE if self.profile.allow_format_probing else "raw"
@@ -250,6 +257,10 @@ class _LibvirtWalk:
             info = self._decode(reader, format, pending.filename)
         except OSError as error:
             raise _error_for_os(error, pending, parent) from None
+        except HeaderRejected as rejected:
+            raise ChainError(
+                ErrorCode.HEADER_INVALID, f"cannot read header '{pending.filename}': {rejected}"
+            ) from None
         finally:
             image.close()
         refuses = self.profile.unrecorded_backing is UnrecordedBackingRule.PROBE_IF_NO_BACKING
@@ -313,6 +324,7 @@ class _LibvirtWalk:
         return layer
 
     def _next(self, layer: Layer, info: HeaderInfo) -> _Pending | _End:
+        """virStorageSourceNewFromBacking: the location, then the recorded format over it."""
         name = layer.backing_raw
         assert name is not None
         format = self._backing_format(info)
@@ -330,7 +342,7 @@ class _LibvirtWalk:
                 return _End.UNKNOWN
             network = _Pending(
                 location.path or "",
-                location.format or format,
+                format,
                 LayerType.NETWORK,
                 protocol=location.protocol,
                 hosts=location.hosts,
@@ -340,7 +352,7 @@ class _LibvirtWalk:
             return network
         if location.kind is backing_names.LocationKind.DIR:
             self.layers[-1] = replace(layer, backing_full=location.path)
-            return _Pending(location.path or "", location.format or "fat", LayerType.DIR)
+            return _Pending(location.path or "", format, LayerType.DIR)
         path = location.path or name
         relative = backing_names.is_relative(name)
         if relative:
@@ -352,12 +364,10 @@ class _LibvirtWalk:
                 pending = _Pending(path, format)
                 raise _error_for_os(error, pending, self.layers[0].filename) from None
         kind = self.storage.kind(path)
-        if kind is FileKind.DIR:
-            format = "dir"
         self.layers[-1] = replace(layer, backing_full=path)
         return _Pending(
             path,
-            location.format or format,
+            format,
             LayerType.DIR if kind is FileKind.DIR else _file_type(kind),
             relative_path=name if relative else None,
         )
@@ -489,9 +499,8 @@ class _QemuWalk:
 
             info = reader.decode(decode_vmdk)
             return info, found[0]
-        if format in ("raw", *QEMU_FILE_PROTOCOLS):
-            return HeaderInfo(format=format, virtual_size=size), ()
-        return HeaderInfo(format=format), ()
+        header = reader.header(FIRST_READ)
+        return HeaderInfo(format=format, virtual_size=qemu_virtual_size(format, header, size)), ()
 
     def _check_extent(self, descriptor: str, extent: bytes, name: str) -> None:
         path = backing_names.resolve_relative_qemu(descriptor, decode_c_name(extent))
@@ -508,25 +517,79 @@ class _QemuWalk:
         return layer.backing_full, info.backing_format
 
     def _file_of(self, name: str, format: str | None) -> tuple[str, str | None]:
-        """The local file a name opens and the format it imposes (json: names carry one)."""
-        if name.startswith("file:"):
-            return name.removeprefix("file:"), format
+        """The local file a name opens and the driver it is opened with (None: probe)."""
+        if name.startswith("json:"):
+            return _qemu_json_file(name, format)
         if backing_names.is_file_name(name):
             return name, format
-        location = None
-        if name.startswith("json:"):
-            try:
-                location = backing_names.parse_backing(name)
-            except backing_names.BackingNameError as error:
-                raise ChainError(ErrorCode.BACKING_NAME_INVALID, str(error), name) from None
-        if location is None or location.kind is not backing_names.LocationKind.FILE:
-            raise ChainError(
-                ErrorCode.NETWORK_BACKING,
-                f"Could not open '{name}': the chain continues on a network server "
-                "that the prober does not contact",
-                name,
-            )
-        return location.path or "", location.format or format
+        protocol, _, rest = name.partition(":")
+        if protocol in QEMU_FILE_PROTOCOLS:
+            return rest, format
+        if protocol in QEMU_NETWORK_PROTOCOLS:
+            raise _network_backing(name)
+        raise ChainError(
+            ErrorCode.BACKING_NAME_INVALID,
+            f"Could not open '{name}': Unknown protocol '{protocol}'",
+            name,
+        )
+
+
+def _network_backing(name: str) -> ChainError:
+    return ChainError(
+        ErrorCode.NETWORK_BACKING,
+        f"Could not open '{name}': the chain continues on a network server "
+        "that the prober does not contact",
+        name,
+    )
+
+
+def _qemu_json_file(name: str, recorded: str | None) -> tuple[str, str | None]:
+    """How qemu-img opens a json: name: the recorded format, if any, wins over the json driver."""
+    try:
+        document = json.loads(name.removeprefix("json:"))
+    except ValueError as error:
+        raise ChainError(
+            ErrorCode.BACKING_NAME_INVALID, f"Could not parse the JSON options: {error}", name
+        ) from None
+    if not isinstance(document, dict):
+        raise ChainError(
+            ErrorCode.BACKING_NAME_INVALID, "Invalid JSON object given for a json: name", name
+        )
+    options = _flatten(document)
+    json_driver = options.get("driver")
+    if json_driver is not None and not isinstance(json_driver, str):
+        raise ChainError(ErrorCode.BACKING_NAME_INVALID, "driver must be a string", name)
+    driver = recorded if recorded is not None else json_driver
+    for key in ("driver", "file.driver"):
+        if options.get(key) in QEMU_NETWORK_PROTOCOLS:
+            raise _network_backing(name)
+    if driver is not None and driver not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
+        raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{driver}'", name)
+    if driver in QEMU_FILE_PROTOCOLS:
+        return str(options.get("filename", "")), driver
+    if json_driver in QEMU_FILE_PROTOCOLS:
+        raise ChainError(
+            ErrorCode.BACKING_NAME_INVALID,
+            f'A block device must be specified for "{json_driver}"',
+            name,
+        )
+    filename = options.get("file.filename", options.get("filename"))
+    if not isinstance(filename, str):
+        raise ChainError(
+            ErrorCode.BACKING_NAME_INVALID, f"Could not open '{name}': no file name given", name
+        )
+    return filename, driver
+
+
+def _flatten(document: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """qemu's qdict_flatten: nested objects become dotted keys."""
+    flat: dict[str, object] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _qemu_open_code(error: OSError, is_top: bool) -> ErrorCode:

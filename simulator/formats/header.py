@@ -51,20 +51,27 @@ class Header:
         """Whether [start, start+size) lies within what the rules let the decoder see."""
         return start + size <= self.length
 
+    def _number(self, code: str, offset: int) -> int:
+        size = struct.calcsize(code)
+        raw = self.get(offset, offset + size)
+        if len(raw) < size:
+            raise HeaderRejected(f"header too short: {size} bytes wanted at offset {offset}")
+        return int(struct.unpack(code, raw)[0])
+
     def u16be(self, offset: int) -> int:
-        return int(struct.unpack(">H", self.get(offset, offset + 2))[0])
+        return self._number(">H", offset)
 
     def u32be(self, offset: int) -> int:
-        return int(struct.unpack(">I", self.get(offset, offset + 4))[0])
+        return self._number(">I", offset)
 
     def u64be(self, offset: int) -> int:
-        return int(struct.unpack(">Q", self.get(offset, offset + 8))[0])
+        return self._number(">Q", offset)
 
     def u32le(self, offset: int) -> int:
-        return int(struct.unpack("<I", self.get(offset, offset + 4))[0])
+        return self._number("<I", offset)
 
     def u64le(self, offset: int) -> int:
-        return int(struct.unpack("<Q", self.get(offset, offset + 8))[0])
+        return self._number("<Q", offset)
 
     def c_string(self, start: int, limit: int) -> bytes:
         """Bytes from ``start`` up to the first NUL, at most up to ``limit`` (C's strnlen)."""
