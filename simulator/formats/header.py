@@ -13,6 +13,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+_U16BE = struct.Struct(">H")
+_U32BE = struct.Struct(">I")
+_U64BE = struct.Struct(">Q")
+_U32LE = struct.Struct("<I")
+_U64LE = struct.Struct("<Q")
+
 
 class NeedMoreBytes(Exception):
     """The decoder needs the header read up to ``end`` (exclusive)."""
@@ -51,27 +57,29 @@ class Header:
         """Whether [start, start+size) lies within what the rules let the decoder see."""
         return start + size <= self.length
 
-    def _number(self, code: str, offset: int) -> int:
-        size = struct.calcsize(code)
-        raw = self.get(offset, offset + size)
-        if len(raw) < size:
-            raise HeaderRejected(f"header too short: {size} bytes wanted at offset {offset}")
-        return int(struct.unpack(code, raw)[0])
+    def _number(self, codec: struct.Struct, offset: int) -> int:
+        end = offset + codec.size
+        if end <= len(self.data) and end <= self.length:
+            return int(codec.unpack_from(self.data, offset)[0])
+        raw = self.get(offset, end)
+        if len(raw) < codec.size:
+            raise HeaderRejected(f"header too short: {codec.size} bytes wanted at offset {offset}")
+        return int(codec.unpack(raw)[0])
 
     def u16be(self, offset: int) -> int:
-        return self._number(">H", offset)
+        return self._number(_U16BE, offset)
 
     def u32be(self, offset: int) -> int:
-        return self._number(">I", offset)
+        return self._number(_U32BE, offset)
 
     def u64be(self, offset: int) -> int:
-        return self._number(">Q", offset)
+        return self._number(_U64BE, offset)
 
     def u32le(self, offset: int) -> int:
-        return self._number("<I", offset)
+        return self._number(_U32LE, offset)
 
     def u64le(self, offset: int) -> int:
-        return self._number("<Q", offset)
+        return self._number(_U64LE, offset)
 
     def c_string(self, start: int, limit: int) -> bytes:
         """Bytes from ``start`` up to the first NUL, at most up to ``limit`` (C's strnlen)."""
