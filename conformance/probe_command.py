@@ -28,7 +28,8 @@ def run_probe(path: str, format: str | None, profile_name: str, output: str) -> 
 
 
 def _report_error(error: ChainError, output: str) -> int:
-    _stream(sys.stderr).write(f"{error.code.value}: {error.message}\n")
+    message = error.message.replace("\n", "\\n")
+    _stream(sys.stderr).write(f"{error.code.value}: {message}\n")
     if output == "json":
         _write_json({"error": error.to_json()})
     return 1

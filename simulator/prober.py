@@ -121,8 +121,7 @@ class _HeaderReader:
     def __init__(self, prober: Prober, image: ImageFile, bound: int | None) -> None:
         self._prober = prober
         self._image = image
-        limit = image.size if bound is None else min(image.size, bound)
-        self.length = limit
+        self.length = image.size if bound is None else min(image.size, bound)
         self._data = b""
 
     def decode(self, decoder: _Decoder) -> HeaderInfo:
@@ -437,6 +436,13 @@ class _QemuWalk:
 
     def _open(self, name: str, format: str | None, is_top: bool) -> tuple[Layer, HeaderInfo]:
         filename, format = self._file_of(name, format)
+        if self.storage.kind(filename) is FileKind.DIR:
+            raise ChainError(
+                ErrorCode.READ_FAILED,
+                f"Could not open '{filename}': 'file' driver requires '{filename}' "
+                "to be a regular file",
+                name,
+            )
         if format is not None and format not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
             raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{format}'", name)
         try:

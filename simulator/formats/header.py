@@ -34,24 +34,37 @@ class HeaderRejected(Exception):
 
 @dataclass(frozen=True)
 class Header:
-    """Bytes from offset 0; ``length`` is how many bytes the rules let the decoder see."""
+    """Bytes from offset 0; ``length`` is how many bytes the rules let the decoder see.
+
+    With ``zero_fill`` (qemu's reading), bytes past ``length`` read as zeros
+    instead of being absent, as qemu's block layer pads a read past the end of
+    a file.
+    """
 
     data: bytes
     length: int
+    zero_fill: bool = False
 
     @classmethod
     def of(cls, data: bytes) -> Header:
         """A header that is completely read: the decoder sees exactly ``data``."""
         return cls(data, len(data))
 
+    def zero_filled(self) -> Header:
+        """The same bytes, read as qemu reads them: zeros past the end."""
+        return Header(self.data, self.length, zero_fill=True)
+
     def get(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) clipped to ``length``; asks for more when they are not read yet."""
-        end = min(end, self.length)
+        """Bytes [start, end) clipped to ``length`` (or zero-filled); asks for unread bytes."""
         if start >= end:
             return b""
-        if end > len(self.data):
-            raise NeedMoreBytes(end)
-        return self.data[start:end]
+        available_end = min(end, self.length)
+        if available_end > len(self.data):
+            raise NeedMoreBytes(available_end)
+        chunk = self.data[start:available_end]
+        if self.zero_fill:
+            return chunk + bytes(end - start - len(chunk))
+        return chunk
 
     def has(self, start: int, size: int) -> bool:
         """Whether [start, start+size) lies within what the rules let the decoder see."""
@@ -83,7 +96,8 @@ class Header:
 
     def c_string(self, start: int, limit: int) -> bytes:
         """Bytes from ``start`` up to the first NUL, at most up to ``limit`` (C's strnlen)."""
-        limit = min(limit, self.length)
+        if not self.zero_fill:
+            limit = min(limit, self.length)
         position = start
         chunk = 256
         while position < limit:
@@ -121,8 +135,8 @@ class HeaderInfo:
 
     @property
     def backing_format(self) -> str | None:
-        """The recorded backing format as qemu reports it: the last one recorded."""
-        return self.backing_format_records[-1] if self.backing_format_records else None
+        """The recorded backing format as qemu reports it: the last one recorded, if not empty."""
+        return self.backing_format_records[-1] or None if self.backing_format_records else None
 
 
 @dataclass(frozen=True)

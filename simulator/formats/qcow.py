@@ -35,9 +35,8 @@ def decode_libvirt(header: Header, rules: LibvirtReadRules) -> HeaderInfo:
 
 
 def decode_qemu(header: Header) -> HeaderInfo:
-    """qemu 7.2's qcow_open checks, in order."""
-    if not header.has(0, HEADER_LENGTH):
-        raise HeaderRejected("Could not read qcow header: Input/output error")
+    """qemu 7.2's qcow_open checks, in order (the header zero-filled past the file's end)."""
+    header = header.zero_filled()
     if header.get(0, 4) != MAGIC:
         raise HeaderRejected("Image not in qcow format")
     version = header.u32be(4)
@@ -52,6 +51,8 @@ def decode_qemu(header: Header) -> HeaderInfo:
     l2_bits = header.get(33, 34)[0]
     if l2_bits < 6 or l2_bits > 13:
         raise HeaderRejected("L2 table size must be between 512 and 64k")
+    if header.u32be(36) > 1:
+        raise HeaderRejected("invalid encryption method in qcow header")
     name = None
     offset = header.u64be(8)
     if offset:
@@ -62,7 +63,7 @@ def decode_qemu(header: Header) -> HeaderInfo:
     crypt = header.u32be(36)
     return HeaderInfo(
         format="qcow",
-        virtual_size=size,
+        virtual_size=size // 512 * 512,
         backing_name=name,
         version=1,
         cluster_size=1 << cluster_bits,

@@ -101,6 +101,8 @@ def _libvirt_backing_name(header: Header, rules: LibvirtReadRules) -> bytes | No
 def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> tuple[str, ...]:
     """Backing-format extensions, scanned the way the era's libvirt scanned them."""
     version = header.u32be(4)
+    if version < 2:
+        return ()
     if version == 2 or not rules.qcow2_v3_extensions_at_header_length:
         start = V2_HEADER_LENGTH
     else:
@@ -129,11 +131,13 @@ def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> 
 
 
 def decode_qemu(header: Header) -> HeaderInfo:
-    """qemu 7.2's qcow2_do_open checks that ``qemu-img info`` meets, in the same order."""
+    """qemu 7.2's qcow2_do_open checks that ``qemu-img info`` meets, in the same order.
+
+    qemu reads past the end of a file as zeros, and so does this decoder.
+    """
+    header = header.zero_filled()
     if header.get(0, 4) != MAGIC:
         raise HeaderRejected("Image is not in qcow2 format")
-    if not header.has(0, V2_HEADER_LENGTH):
-        raise HeaderRejected("Could not read qcow2 header: Input/output error")
     version = header.u32be(4)
     if version < 2 or version > 3:
         raise HeaderRejected(f"Unsupported qcow2 version {version}")
@@ -142,6 +146,7 @@ def decode_qemu(header: Header) -> HeaderInfo:
         raise HeaderRejected(f"Unsupported cluster size: 2^{cluster_bits}")
     cluster_size = 1 << cluster_bits
     incompatible = compatible = autoclear = 0
+    compression_type = 0
     if version == 2:
         header_length = V2_HEADER_LENGTH
     else:
@@ -153,6 +158,8 @@ def decode_qemu(header: Header) -> HeaderInfo:
         incompatible = header.u64be(72)
         compatible = header.u64be(80)
         autoclear = header.u64be(88)
+        if header_length > V3_HEADER_LENGTH:
+            compression_type = header.get(104, 105)[0]
     backing_offset = header.u64be(8)
     if backing_offset > cluster_size:
         raise HeaderRejected("Invalid backing file offset")
@@ -163,6 +170,11 @@ def decode_qemu(header: Header) -> HeaderInfo:
         )
     if version == 3 and header.u32be(96) > 6:
         raise HeaderRejected("Reference count entry width too large; may not exceed 64 bits")
+    crypt = header.u32be(32)
+    if crypt not in _CRYPT_NAMES and crypt != 0:
+        raise HeaderRejected(f"Unsupported encryption method {crypt}")
+    _check_compression_type(compression_type, incompatible)
+    _check_table_offsets(header, cluster_size, incompatible)
     ext_end = backing_offset if backing_offset else cluster_size
     extensions = _qemu_extensions(header, header_length, ext_end)
     name = None
@@ -174,10 +186,9 @@ def decode_qemu(header: Header) -> HeaderInfo:
         name = raw.split(b"\0", 1)[0] or None
     records = extensions.backing_formats if name is not None else ()
     data_file = extensions.data_file if incompatible & INCOMPAT_DATA_FILE else None
-    crypt = header.u32be(32)
     return HeaderInfo(
         format="qcow2",
-        virtual_size=header.u64be(24),
+        virtual_size=header.u64be(24) // 512 * 512,
         backing_name=name,
         backing_format_records=records,
         version=version,
@@ -188,6 +199,32 @@ def decode_qemu(header: Header) -> HeaderInfo:
         data_file=data_file,
         encryption=_CRYPT_NAMES.get(crypt),
     )
+
+
+def _check_compression_type(compression_type: int, incompatible: int) -> None:
+    """validate_compression_type: zlib (0) or zstd (1), and the feature bit must agree."""
+    if compression_type not in (0, 1):
+        raise HeaderRejected(f"qcow2: unknown compression type: {compression_type}")
+    if compression_type == 0 and incompatible & INCOMPAT_COMPRESSION:
+        raise HeaderRejected("qcow2: Compression type incompatible feature bit must not be set")
+    if compression_type != 0 and not incompatible & INCOMPAT_COMPRESSION:
+        raise HeaderRejected("qcow2: Compression type incompatible feature bit must be set")
+
+
+def _check_table_offsets(header: Header, cluster_size: int, incompatible: int) -> None:
+    """qcow2_validate_table and the L1 size checks, in qcow2_do_open's order."""
+    for offset_at, name in ((48, "Reference count table"), (64, "Snapshot table")):
+        if header.u64be(offset_at) % cluster_size:
+            raise HeaderRejected(f"{name} offset invalid")
+    entry_size = 16 if incompatible & INCOMPAT_EXTENDED_L2 else 8
+    bytes_per_l1_entry = cluster_size * (cluster_size // entry_size)
+    l1_needed = -(-header.u64be(24) // bytes_per_l1_entry)
+    if l1_needed > 0x7FFFFFFF:
+        raise HeaderRejected("Image is too big")
+    if header.u32be(36) < l1_needed:
+        raise HeaderRejected("L1 table is too small")
+    if header.u64be(40) % cluster_size:
+        raise HeaderRejected("Active L1 table offset invalid")
 
 
 @dataclass(frozen=True)

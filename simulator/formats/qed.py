@@ -42,6 +42,7 @@ def decode_libvirt(header: Header) -> HeaderInfo:
 
 def decode_qemu(header: Header) -> HeaderInfo:
     """qemu 7.2's bdrv_qed_do_open checks that ``qemu-img info`` meets."""
+    header = header.zero_filled()
     if not header.has(0, HEADER_LENGTH) or header.get(0, 4) != MAGIC:
         raise HeaderRejected("Image not in QED format")
     features = header.u64le(16)
@@ -52,12 +53,12 @@ def decode_qemu(header: Header) -> HeaderInfo:
     header_size = header.u32le(12)
     image_size = header.u64le(48)
     if not _power_of_two(cluster_size) or not 4096 <= cluster_size <= 64 * 1024 * 1024:
-        raise HeaderRejected("Invalid argument")
+        raise HeaderRejected("QED cluster size is invalid")
     if not _power_of_two(table_size) or not 1 <= table_size <= 16:
-        raise HeaderRejected("Invalid argument")
+        raise HeaderRejected("QED table size is invalid")
     max_size = cluster_size * (table_size * cluster_size // 8) ** 2
     if image_size % 512 or image_size > max_size:
-        raise HeaderRejected("Invalid argument")
+        raise HeaderRejected("QED image size is invalid")
     name = None
     records: tuple[str, ...] = ()
     if features & F_BACKING_FILE:

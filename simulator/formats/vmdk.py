@@ -55,13 +55,13 @@ def is_sparse(header: Header) -> bool:
 
 def decode_qemu(header: Header) -> tuple[HeaderInfo, tuple[bytes, ...]]:
     """qemu 7.2's vmdk_open as ``qemu-img info`` meets it; also the extent files it would open."""
+    header = header.zero_filled()
     if is_sparse(header):
         if header.get(0, 4) == MAGIC:
-            version = header.u32le(4)
-            if version > 3:
-                raise HeaderRejected(f"Unsupported VMDK version {version}")
-            capacity = header.u64le(12) * 512
+            capacity = _vmdk4_capacity(header)
         else:
+            if header.u32le(16) == 0:
+                raise HeaderRejected("Invalid argument")
             capacity = header.u32le(12) * 512
         name = _qemu_parent(header, SPARSE_DESCRIPTOR_OFFSET)
         return _info(capacity, name, header.u32le(4) if header.has(4, 4) else None), ()
@@ -85,6 +85,19 @@ def decode_qemu(header: Header) -> tuple[HeaderInfo, tuple[bytes, ...]]:
     if not extents:
         raise HeaderRejected("Not enough extents")
     return _info(sectors_total * 512, _qemu_parent(header, 0), None), tuple(extents)
+
+
+def _vmdk4_capacity(header: Header) -> int:
+    """vmdk_open_vmdk4's checks on the sparse header, then the capacity in bytes."""
+    version = header.u32le(4)
+    if version > 3:
+        raise HeaderRejected(f"Unsupported VMDK version {version}")
+    gtes_per_gt = header.u32le(44)
+    if gtes_per_gt > 512:
+        raise HeaderRejected("L2 table size too big")
+    if gtes_per_gt * header.u64le(20) == 0:
+        raise HeaderRejected("L1 entry size is invalid")
+    return header.u64le(12) * 512
 
 
 def _info(capacity: int, name: bytes | None, version: int | None) -> HeaderInfo:
