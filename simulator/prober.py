@@ -153,27 +153,27 @@ class _HeaderReader:
             self.length = len(self._data)
 
 
-def _error_for_os(error: OSError, pending: _Pending, parent: str | None) -> ChainError:
-    """libvirt's virStorageSourceReportBrokenChain wording, with a stable code."""
+def _error_for_os(
+    error: OSError, pending: _Pending, parent: str | None, accessible: bool = False
+) -> ChainError:
+    """libvirt's wording: virStorageSourceReportBrokenChain when the access check fails,
+    a read error when the file is there but cannot be read; the code follows errno."""
     reason = error.strerror or str(error)
     if error.errno == errno.ENOENT:
-        if parent is None:
-            return ChainError(
-                ErrorCode.NOT_FOUND,
-                f"Cannot access storage file '{pending.filename}': {reason}",
-                pending.filename,
-            )
-        return ChainError(
-            ErrorCode.BACKING_MISSING,
-            f"Cannot access backing file '{pending.filename}' of storage file '{parent}': {reason}",
-            pending.filename,
+        code = ErrorCode.NOT_FOUND if parent is None else ErrorCode.BACKING_MISSING
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        code = ErrorCode.PERMISSION_DENIED
+    else:
+        code = ErrorCode.READ_FAILED
+    if accessible:
+        message = f"cannot read header '{pending.filename}': {reason}"
+    elif parent is None:
+        message = f"Cannot access storage file '{pending.filename}': {reason}"
+    else:
+        message = (
+            f"Cannot access backing file '{pending.filename}' of storage file '{parent}': {reason}"
         )
-    code = (
-        ErrorCode.PERMISSION_DENIED
-        if error.errno in (errno.EACCES, errno.EPERM)
-        else ErrorCode.READ_FAILED
-    )
-    return ChainError(code, f"cannot read header '{pending.filename}': {reason}", pending.filename)
+    return ChainError(code, message, pending.filename)
 
 
 class _LibvirtWalk:
@@ -246,7 +246,8 @@ class _LibvirtWalk:
         try:
             image = self.storage.open(pending.filename)
         except OSError as error:
-            raise _error_for_os(error, pending, parent) from None
+            accessible = self.storage.kind(pending.filename) is not None
+            raise _error_for_os(error, pending, parent, accessible) from None
         self.prober.stats.images_opened += 1
         try:
             reader = self.prober.read_header(image, self.profile.header_bound)
@@ -255,7 +256,7 @@ class _LibvirtWalk:
                 format = self._detect(reader, pending.filename)
             info = self._decode(reader, format, pending.filename)
         except OSError as error:
-            raise _error_for_os(error, pending, parent) from None
+            raise _error_for_os(error, pending, parent, accessible=True) from None
         except HeaderRejected as rejected:
             raise ChainError(
                 ErrorCode.HEADER_INVALID, f"cannot read header '{pending.filename}': {rejected}"
@@ -464,7 +465,7 @@ class _QemuWalk:
                 ErrorCode.HEADER_INVALID, f"Could not open '{filename}': {rejected}", name
             ) from None
         except OSError as error:
-            raise _error_for_os(error, _Pending(filename, format), None) from None
+            raise _error_for_os(error, _Pending(filename, format), None, accessible=True) from None
         finally:
             image.close()
         for extent in extents:

@@ -58,14 +58,26 @@ def decode_qemu(header: Header) -> tuple[HeaderInfo, tuple[bytes, ...]]:
     header = header.zero_filled()
     if is_sparse(header):
         if header.get(0, 4) == MAGIC:
+            embedded = header.u64le(28) if header.u64le(12) == 0 else 0
+            if embedded:
+                # vmdk_open_vmdk4: no capacity, so the embedded text is a descriptor file.
+                capacity, extents = _descriptor_file(header, embedded * 512)
+                name = _qemu_parent(header, SPARSE_DESCRIPTOR_OFFSET)
+                return _info(capacity, name, header.u32le(4)), extents
             capacity = _vmdk4_capacity(header)
         else:
             if header.u32le(16) == 0:
                 raise HeaderRejected("Invalid argument")
             capacity = header.u32le(12) * 512
         name = _qemu_parent(header, SPARSE_DESCRIPTOR_OFFSET)
-        return _info(capacity, name, header.u32le(4) if header.has(4, 4) else None), ()
-    text = header.c_string(0, DESCRIPTOR_FILE_MAX)
+        return _info(capacity, name, header.u32le(4)), ()
+    capacity, extents = _descriptor_file(header, 0)
+    return _info(capacity, _qemu_parent(header, 0), None), extents
+
+
+def _descriptor_file(header: Header, offset: int) -> tuple[int, tuple[bytes, ...]]:
+    """vmdk_open_desc_file: the create type must be a descriptor file's; RW extents count."""
+    text = header.c_string(offset, offset + DESCRIPTOR_FILE_MAX)
     create_type = _descriptor_value(text, b"createType")
     if create_type is None:
         raise HeaderRejected("invalid VMDK image descriptor")
@@ -84,7 +96,7 @@ def decode_qemu(header: Header) -> tuple[HeaderInfo, tuple[bytes, ...]]:
         extents.append(match.group(4))
     if not extents:
         raise HeaderRejected("Not enough extents")
-    return _info(sectors_total * 512, _qemu_parent(header, 0), None), tuple(extents)
+    return sectors_total * 512, tuple(extents)
 
 
 def _vmdk4_capacity(header: Header) -> int:

@@ -926,11 +926,6 @@ def _vmdk_with_capacity_0(tmp_path: Path, flat_extent: bool) -> Path:
 
 
 @needs_qemu_img
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: vmdk.decode_qemu ignores capacity == 0 with desc_offset != 0, where qemu parses "
-    "the embedded descriptor as a descriptor file (createType checked, extents opened)",
-)
 def test_vmdk_capacity_0_makes_qemu_parse_the_embedded_descriptor(tmp_path):
     image = _vmdk_with_capacity_0(tmp_path, flat_extent=False)
     message = "Unsupported image type 'monolithicSparse'"
@@ -941,11 +936,6 @@ def test_vmdk_capacity_0_makes_qemu_parse_the_embedded_descriptor(tmp_path):
 
 
 @needs_qemu_img
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: vmdk.decode_qemu returns no extents for a KDMV file with capacity 0, so the "
-    "hidden path to external extents (§1.6) is invisible to the qemu profile",
-)
 def test_vmdk_capacity_0_reveals_the_embedded_descriptors_extents(tmp_path):
     image = _vmdk_with_capacity_0(tmp_path, flat_extent=True)
     got = info(image)

@@ -118,12 +118,6 @@ def _symlink_loop(fs: FakeFilesystem) -> str:
 
 
 @NON_ROOT
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: prober._error_for_os words every non-ENOENT failure 'cannot read header'; "
-    "libvirt's virStorageSourceAccess(F_OK) fails first (EACCES on the directory, ELOOP) and "
-    "reports the broken chain: 'Cannot access backing file ... of storage file ...'",
-)
 @pytest.mark.parametrize(
     "make_backing", [_unsearchable_directory, _symlink_loop], ids=["unsearchable-dir", "eloop"]
 )
