@@ -1,0 +1,88 @@
+"""Build speed: the native writer against a ``qemu-img create -u`` loop, measured in one run.
+
+Builds the same qcow2 chain (default 1000 layers, each naming the next relatively with
+its format recorded, explicit size) twice: with ``images.build.build(...,
+BuildMethod.NATIVE)``, and with one ``qemu-img create -q -f qcow2 -b NEXT -F qcow2 -u
+LAYER SIZE`` per layer, base first. Prints both times (the native one the median of
+several runs), their ratio, and whether the two chains read alike through ``qemu-img
+info --backing-chain``. Nothing here is asserted.
+
+    python benchmarks/build_bench.py [--layers N] [--runs N] [--dir DIRECTORY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from images.build import BuildMethod, build
+from images.spec import ChainSpec, deep
+
+
+def time_native(spec: ChainSpec, directory: Path) -> float:
+    start = time.perf_counter()
+    build(spec, directory, BuildMethod.NATIVE)
+    return time.perf_counter() - start
+
+
+def time_qemu_img_loop(qemu_img: str, spec: ChainSpec, directory: Path) -> float:
+    """One ``qemu-img create`` per layer, base first, ``-u`` wherever there is a backing."""
+    directory.mkdir()
+    start = time.perf_counter()
+    for layer in reversed(spec.layers):
+        command = [qemu_img, "create", "-q", "-f", layer.format]
+        if layer.backing is not None:
+            command += ["-b", layer.backing, "-F", str(layer.backing_format), "-u"]
+        command += [layer.name, str(layer.size)]
+        subprocess.run(command, cwd=directory, check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def chain_reading(qemu_img: str, top: Path) -> list[dict[str, object]]:
+    keys = ("format", "virtual-size", "backing-filename", "backing-filename-format")
+    done = subprocess.run(
+        [qemu_img, "info", "--backing-chain", "--output=json", top.name],
+        cwd=top.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [{key: entry.get(key) for key in keys} for entry in json.loads(done.stdout)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5, help="native runs (median)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to build (default: TMPDIR)")
+    args = parser.parse_args()
+    qemu_img = shutil.which("qemu-img")
+    if qemu_img is None:
+        print("qemu-img is missing: apt-get install qemu-utils", file=sys.stderr)
+        return 1
+    spec = deep("build-bench", args.layers)
+    with tempfile.TemporaryDirectory(prefix="chainsuite-build-bench-", dir=args.dir) as scratch:
+        root = Path(scratch)
+        native_times = [time_native(spec, root / f"native-{run}") for run in range(args.runs)]
+        native_seconds = statistics.median(native_times)
+        qemu_seconds = time_qemu_img_loop(qemu_img, spec, root / "qemu-img")
+        alike = chain_reading(qemu_img, root / "native-0" / spec.top) == chain_reading(
+            qemu_img, root / "qemu-img" / spec.top
+        )
+    print(f"{args.layers}-layer qcow2 chain, built in {root.parent}")
+    print(f"native writer     {native_seconds:8.3f} s  (median of {args.runs})")
+    print(f"qemu-img create -u{qemu_seconds:8.3f} s  (one process per layer)")
+    print(f"ratio             {qemu_seconds / native_seconds:8.1f} x")
+    print(f"chains read alike {'yes' if alike else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
