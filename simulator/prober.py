@@ -249,6 +249,7 @@ class _LibvirtWalk:
             accessible = self.storage.kind(pending.filename) is not None
             raise _error_for_os(error, pending, parent, accessible) from None
         self.prober.stats.images_opened += 1
+        self.prober.stats.opened_paths.append(pending.filename)
         try:
             reader = self.prober.read_header(image, self.profile.header_bound)
             format = pending.format
@@ -455,6 +456,7 @@ class _QemuWalk:
                 code, f"Could not open '{filename}': Could not open '{filename}': {reason}", name
             ) from None
         self.prober.stats.images_opened += 1
+        self.prober.stats.opened_paths.append(filename)
         try:
             reader = self.prober.read_header(image, QEMU_HEADER_LIMIT)
             if format is None:

@@ -5,7 +5,7 @@ Code never asks which version it emulates; it asks the active profile for one ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from simulator.formats.header import LibvirtReadRules
@@ -96,6 +96,60 @@ class NetworkBackingRule(StrEnum):
     """qemu-img would connect to the server; the prober does not, and says so."""
 
 
+class SnapshotRule(StrEnum):
+    """What an external snapshot does to the cached chain."""
+
+    DROP_CACHE = "drop-cache"
+    """libvirt 1.0: the cache is freed; the next caller that needs the chain probes again."""
+    MODEL = "model"
+    """libvirt >= 3.0: the new chain is the overlay on top of the known one; nothing probed."""
+
+
+class IndexRule(StrEnum):
+    """How the backing index numbers that ``vda[N]`` addresses are assigned."""
+
+    DEPTH = "depth"
+    """Each layer's depth below the top (libvirt 1.2.4 - 5.x, without -blockdev)."""
+    DOMAIN_COUNTER = "domain-counter"
+    """A per-domain counter: each image libvirt prepares gets the next number (-blockdev)."""
+
+
+@dataclass(frozen=True)
+class CacheRules:
+    """The rules of the cached chain while a domain runs (qemuDomainDetermineDiskChain & co)."""
+
+    forced_failure_rc: int
+    """What a forced re-probe that fails returns (PATCHv2 returned 0, libvirt 1.0 -1)."""
+    stop_loop: bool
+    """qemuProcessStop frees every disk's chain itself (PATCHv2's loop)."""
+    network_disks_probed: bool
+    """Network disk names are probed as files (the 1.0.0 RBD attach regression)."""
+    reprobe_after: frozenset[str]
+    """Block jobs whose completion forces a re-probe ("pull", "commit")."""
+    snapshot: SnapshotRule
+    models_jobs: bool
+    """Job completion rewrites the cached chain instead of probing (libvirt >= 3.x)."""
+    pull_terminates: bool
+    """A full pull leaves an explicit terminator (7.3.0); else the end is unknown."""
+    survives_restart: bool
+    """The chain is kept in the status XML across a daemon restart."""
+    chain_needs_cgroup_devices: bool
+    """The chain is filled at start only when the cgroup devices controller is active."""
+    media_change_keeps_old_chain: bool
+    """A media change probes the new medium on a copy and keeps the old chain (inferred)."""
+    detach_revokes_cached_chain: bool
+    """Unplug revokes access to the cached chain, not just the top (BZ 876828, 1.0.1)."""
+    user_backing_store: bool
+    """A <backingStore> given in the definition is trusted (libvirt >= 5.10)."""
+    active_commit: bool
+    """Committing the active layer (with pivot) is supported (libvirt >= 1.2.6)."""
+    depth_limit: int | None
+    """Layers a disk may have (qemuDomainStorageSourceValidateDepth), a snapshot adds one."""
+    index: IndexRule
+    overlay_qcow2_version: int
+    """The qcow2 version the era's qemu wrote new overlays in (compat=1.1 default in 1.7)."""
+
+
 class HeaderDecoder(StrEnum):
     """Whose header reading applies: libvirt's lenient one or qemu's validating one."""
 
@@ -133,6 +187,7 @@ class Profile:
     """A backing URI with credentials ends the chain before it, unterminated (libvirt)."""
     detected_iso_as_raw: bool
     """The qemu driver turns a detected iso backing into raw (libvirt >= 1.2)."""
+    cache: CacheRules
 
 
 _MODERN_READ = LibvirtReadRules(
@@ -148,6 +203,43 @@ _2012_READ = LibvirtReadRules(
     qcow2_extension_needs_nul=True,
     qcow2_extension_padding=False,
     vmdk_descriptor_limit=LIBVIRT_2012_MAX_HEADER,
+)
+
+_2012_CACHE = CacheRules(
+    forced_failure_rc=-1,
+    stop_loop=False,
+    network_disks_probed=True,
+    reprobe_after=frozenset({"pull", "commit"}),
+    snapshot=SnapshotRule.DROP_CACHE,
+    models_jobs=False,
+    pull_terminates=False,
+    survives_restart=False,
+    chain_needs_cgroup_devices=True,
+    media_change_keeps_old_chain=True,
+    detach_revokes_cached_chain=False,
+    user_backing_store=False,
+    active_commit=False,
+    depth_limit=None,
+    index=IndexRule.DEPTH,
+    overlay_qcow2_version=2,
+)
+_MODERN_CACHE = CacheRules(
+    forced_failure_rc=-1,
+    stop_loop=False,
+    network_disks_probed=False,
+    reprobe_after=frozenset(),
+    snapshot=SnapshotRule.MODEL,
+    models_jobs=True,
+    pull_terminates=True,
+    survives_restart=True,
+    chain_needs_cgroup_devices=False,
+    media_change_keeps_old_chain=False,
+    detach_revokes_cached_chain=True,
+    user_backing_store=True,
+    active_commit=True,
+    depth_limit=QEMU_DRIVER_MAX_DEPTH,
+    index=IndexRule.DOMAIN_COUNTER,
+    overlay_qcow2_version=3,
 )
 
 SEED_V2 = Profile(
@@ -170,6 +262,9 @@ SEED_V2 = Profile(
     json_backing_names=False,
     inline_credentials_stop=False,
     detected_iso_as_raw=False,
+    cache=replace(
+        _2012_CACHE, forced_failure_rc=0, stop_loop=True, reprobe_after=frozenset({"pull"})
+    ),
 )
 
 LIBVIRT_1_0 = Profile(
@@ -192,6 +287,7 @@ LIBVIRT_1_0 = Profile(
     json_backing_names=False,
     inline_credentials_stop=False,
     detected_iso_as_raw=False,
+    cache=_2012_CACHE,
 )
 
 LIBVIRT_MODERN = Profile(
@@ -214,6 +310,7 @@ LIBVIRT_MODERN = Profile(
     json_backing_names=True,
     inline_credentials_stop=True,
     detected_iso_as_raw=True,
+    cache=_MODERN_CACHE,
 )
 
 QEMU = Profile(
@@ -236,6 +333,7 @@ QEMU = Profile(
     json_backing_names=True,
     inline_credentials_stop=False,
     detected_iso_as_raw=False,
+    cache=_MODERN_CACHE,
 )
 
 PROFILES: dict[str, Profile] = {

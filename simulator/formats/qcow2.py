@@ -18,6 +18,7 @@ from simulator.formats.header import Header, HeaderInfo, HeaderRejected, Libvirt
 MAGIC = b"QFI\xfb"
 V2_HEADER_LENGTH = 72
 V3_HEADER_LENGTH = 104
+MAX_CLUSTER_SIZE = 1 << 21
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_TABLE = 0x6803F857
@@ -346,3 +347,40 @@ def encode(image: Qcow2Image) -> bytes:
 def _extension(magic: int, payload: bytes) -> bytes:
     padded = payload + bytes(_round8(len(payload)) - len(payload))
     return struct.pack(">II", magic, len(payload)) + padded
+
+
+def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str | None) -> bytes:
+    """The first cluster as qemu's qcow2_update_header rewrites it for a new backing.
+
+    The header is kept; the backing-format extension is replaced (or dropped),
+    other extensions are kept in order, and the name follows the end marker.
+    """
+    header = Header.of(first_cluster)
+    cluster_size = 1 << header.u32be(20)
+    version = header.u32be(4)
+    header_length = V2_HEADER_LENGTH if version == 2 else header.u32be(100)
+    old_offset = header.u64be(8)
+    end = old_offset if old_offset else cluster_size
+    kept = bytearray()
+    offset = header_length
+    while offset + 8 <= end:
+        magic = header.u32be(offset)
+        length = header.u32be(offset + 4)
+        if magic == EXT_END or offset + 8 + length > end:
+            break
+        if magic != EXT_BACKING_FORMAT:
+            kept += first_cluster[offset : offset + 8 + _round8(length)]
+        offset += 8 + _round8(length)
+    extensions = bytearray()
+    if backing_format is not None and name is not None:
+        extensions += _extension(EXT_BACKING_FORMAT, backing_format.encode())
+    extensions += kept + struct.pack(">II", EXT_END, 0)
+    new_offset = header_length + len(extensions) if name else 0
+    if name and new_offset + len(name) > cluster_size:
+        raise ValueError("backing name does not fit in the first cluster")
+    cluster = bytearray(first_cluster[:header_length].ljust(cluster_size, b"\0"))
+    cluster[8:20] = struct.pack(">QI", new_offset, len(name) if name else 0)
+    cluster[header_length : header_length + len(extensions)] = extensions
+    if name:
+        cluster[new_offset : new_offset + len(name)] = name
+    return bytes(cluster)

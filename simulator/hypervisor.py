@@ -1,0 +1,1169 @@
+"""The simulated hypervisor: domains, disks and their cached chains, under a profile's rules.
+
+It mirrors the parts of libvirt's qemu driver that touch a disk's backing
+chain: ``qemuDomainDetermineDiskChain`` and its callers (start, hotplug,
+media change, block copy), the snapshot and block-job code that drops,
+re-probes or rewrites the cache, and a simulated qemu that writes the files
+it would write. Every operation returns an ``Outcome`` (libvirt's 0 / -1 and
+the error), never raises for a refused request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKind, JobState
+from simulator.formats import qcow2
+from simulator.formats.detect import LIBVIRT_BACKING_FORMATS
+from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
+from simulator.prober import Prober
+from simulator.profiles import IndexRule, Profile, SnapshotRule
+from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
+
+DEFAULT_SIZE = 1 << 20
+NON_BACKING_FORMATS = frozenset(
+    {"raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat", "vhd", "ploop"}
+)
+"""libvirt's formats below VIR_STORAGE_FILE_BACKING: never opened to read a header."""
+
+
+class OpError(StrEnum):
+    """Stable codes of refused operations (chain errors keep their own codes)."""
+
+    NO_DOMAIN = "no-such-domain"
+    DOMAIN_EXISTS = "domain-exists"
+    NOT_RUNNING = "domain-not-running"
+    RUNNING = "domain-running"
+    NO_DISK = "no-such-disk"
+    DISK_EXISTS = "disk-exists"
+    NOT_REMOVABLE = "not-removable"
+    INVALID_PATH = "invalid-path"
+    FILE_EXISTS = "file-exists"
+    FILE_MISSING = "file-missing"
+    JOB_ACTIVE = "job-active"
+    NO_JOB = "no-job"
+    JOB_NOT_READY = "job-not-ready"
+    TOP_NOT_FOUND = "top-not-found"
+    TOP_HAS_NO_BACKING = "top-has-no-backing"
+    BASE_NOT_FOUND = "base-not-found"
+    BASE_NOT_BELOW_TOP = "base-not-below-top"
+    ACTIVE_COMMIT_NEEDS_FLAG = "active-commit-needs-flag"
+    UNSUPPORTED = "unsupported"
+    NO_EVENT = "no-such-event"
+
+
+class DiskType(StrEnum):
+    """libvirt's <disk type=...>."""
+
+    FILE = "file"
+    BLOCK = "block"
+    NETWORK = "network"
+    VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """libvirt's return code and, on failure, the error's stable code and message."""
+
+    rc: int
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+OK = Outcome(0)
+
+
+def _fail(code: str, message: str) -> Outcome:
+    return Outcome(-1, code, message)
+
+
+@dataclass(frozen=True)
+class BackingSpec:
+    """One element of a <backingStore> the user wrote in the definition."""
+
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    """A disk as its definition gives it (the persistent, user-specified part)."""
+
+    target: str
+    path: str | None
+    format: str | None = None
+    type: DiskType = DiskType.FILE
+    device: str = "disk"
+    backing: tuple[BackingSpec, ...] = ()
+    backing_terminated: bool = False
+    """The user ended the <backingStore> chain with an empty element."""
+
+
+@dataclass
+class LiveDisk:
+    """A disk of a running domain: its source now, and the chain libvirt caches for it."""
+
+    config: DiskConfig
+    chain: Chain | None = None
+    top_index: int = 0
+    stale_reason: str | None = None
+    """Why the cache may lawfully differ from the files (a window the profile documents)."""
+    job: int | None = None
+
+
+@dataclass
+class Domain:
+    name: str
+    persistent: bool
+    config: list[DiskConfig]
+    """libvirt's newDef (or def of a shut-off domain): what the user defined."""
+    live: list[LiveDisk] | None = None
+    """libvirt's live def while the domain runs."""
+    next_index: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.live is not None
+
+    def live_disk(self, target: str) -> LiveDisk | None:
+        for disk in self.live or ():
+            if disk.config.target == target:
+                return disk
+        return None
+
+
+@dataclass
+class Counters:
+    """What the cache rules cost and risked during a run."""
+
+    probes: int = 0
+    """Calls that opened images to determine a chain."""
+    header_bytes_read: int = 0
+    probes_of_open_files: int = 0
+    """Images probed while qemu held them open for writing: the seed's hazard."""
+    stale_operations: int = 0
+    """Operations that read a cached chain that no longer matched the files."""
+    failed_probes: int = 0
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A cached chain that differs from the files outside any documented window."""
+
+    domain: str
+    target: str
+    cached: tuple[str, ...] | None
+    fresh: tuple[str, ...] | str
+
+
+class FaultyStorage:
+    """The host's storage with files a test marks unreadable (a fault root cannot cause)."""
+
+    def __init__(self, inner: Storage | None = None) -> None:
+        self.inner = inner if inner is not None else LocalStorage()
+        self.unreadable: set[str] = set()
+
+    def kind(self, path: str) -> FileKind | None:
+        return self.inner.kind(path)
+
+    def open(self, path: str) -> ImageFile:
+        if path in self.unreadable:
+            raise PermissionError(13, "Permission denied", path)
+        return self.inner.open(path)
+
+    def canonical(self, path: str) -> str:
+        return self.inner.canonical(path)
+
+
+class Hypervisor:
+    """libvirt's qemu driver and a simulated qemu, as far as backing chains go."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        storage: FaultyStorage | None = None,
+        *,
+        cgroup_devices: bool = True,
+        track_staleness: bool = True,
+    ) -> None:
+        self.profile = profile
+        self.rules = profile.cache
+        self.storage = storage if storage is not None else FaultyStorage()
+        self.cgroup_devices = cgroup_devices
+        self.track_staleness = track_staleness
+        self.domains: dict[str, Domain] = {}
+        self.jobs: dict[int, BlockJob] = {}
+        self.events = EventQueue()
+        self.counters = Counters()
+        self.granted: dict[str, set[str]] = {}
+        """Files each running domain was granted access to (cgroup ACLs and labels)."""
+        self._next_job = 1
+
+    # -- probing ------------------------------------------------------------------------
+
+    def probe_chain(self, path: str, format: str | None) -> Chain:
+        """One counted probe, as libvirt's crawler does it."""
+        prober = Prober(self.profile, self.storage)
+        self.counters.probes += 1
+        try:
+            return prober.probe(path, format)
+        except ChainError:
+            self.counters.failed_probes += 1
+            raise
+        finally:
+            self.counters.header_bytes_read += prober.stats.header_bytes_read
+            writing = self.open_for_writing()
+            self.counters.probes_of_open_files += sum(
+                1 for opened in prober.stats.opened_paths if opened in writing
+            )
+
+    def fresh_chain(self, config: DiskConfig) -> Chain | ChainError:
+        """What a probe would find now, uncounted: the truth the cache is held to."""
+        try:
+            return Prober(self.profile, self.storage).probe(config.path or "", config.format)
+        except ChainError as error:
+            return error
+
+    def determine_disk_chain(self, domain: Domain, disk: LiveDisk, force: bool) -> Outcome:
+        """qemuDomainDetermineDiskChain under the profile's rules, to the return code."""
+        if self.profile.cache.snapshot is SnapshotRule.DROP_CACHE:
+            return self._determine_2012(disk, force)
+        return self._determine_modern(domain, disk, force)
+
+    def _determine_2012(self, disk: LiveDisk, force: bool) -> Outcome:
+        config = disk.config
+        if not config.path:
+            return OK
+        if not self.rules.network_disks_probed and config.type in (
+            DiskType.NETWORK,
+            DiskType.VOLUME,
+        ):
+            return OK
+        if disk.chain is not None:
+            if not force:
+                return OK
+            disk.chain = None
+        try:
+            disk.chain = self._with_indexes(self.probe_chain(config.path, config.format), 0)
+        except ChainError as error:
+            disk.chain = None
+            if force:
+                return Outcome(self.rules.forced_failure_rc, error.code.value, error.message)
+            return _fail(error.code.value, error.message)
+        disk.stale_reason = None
+        return OK
+
+    def _determine_modern(self, domain: Domain, disk: LiveDisk, force: bool) -> Outcome:
+        config = disk.config
+        if force:
+            disk.chain = None
+        if not config.path:
+            return OK
+        if disk.chain is not None and disk.chain.terminated:
+            return self._validate_depth(disk, disk.chain, 0)
+        local = config.type in (DiskType.FILE, DiskType.BLOCK)
+        if local and config.format in NON_BACKING_FORMATS:
+            if self.storage.kind(config.path) is None:
+                return _fail(
+                    ErrorCode.NOT_FOUND.value,
+                    f"Cannot access storage file '{config.path}': No such file or directory",
+                )
+            top = Layer(config.path, config.format, _layer_type(config), index=disk.top_index)
+            disk.chain = Chain((top,), True)
+            disk.stale_reason = None
+            return OK
+        if not local:
+            top = Layer(config.path, config.format or "raw", LayerType.NETWORK)
+            disk.chain = Chain((replace(top, index=disk.top_index),), False)
+            return OK
+        if self.rules.user_backing_store and config.backing:
+            return self._determine_user_chain(domain, disk)
+        try:
+            probed = self.probe_chain(config.path, config.format)
+        except ChainError as error:
+            return _fail(error.code.value, error.message)
+        chain = self._assign_detected(domain, disk, probed.layers, probed.terminated)
+        outcome = self._validate_depth(disk, chain, 0)
+        if outcome.ok:
+            disk.chain = chain
+            disk.stale_reason = None
+        return outcome
+
+    def _determine_user_chain(self, domain: Domain, disk: LiveDisk) -> Outcome:
+        """The user's <backingStore> elements are trusted: only checked to exist."""
+        config = disk.config
+        assert config.path is not None
+        layers = [Layer(config.path, config.format or "raw", _layer_type(config))]
+        for element in config.backing:
+            if self.storage.kind(element.path) is None:
+                return _fail(
+                    ErrorCode.BACKING_MISSING.value,
+                    f"Cannot access backing file '{element.path}' of storage file "
+                    f"'{config.path}': No such file or directory",
+                )
+            layers.append(Layer(element.path, element.format))
+        terminated = config.backing_terminated
+        if not terminated:
+            last = config.backing[-1]
+            try:
+                below = self.probe_chain(last.path, last.format)
+            except ChainError as error:
+                return _fail(error.code.value, error.message)
+            layers.extend(below.layers[1:])
+            terminated = below.terminated
+        chain = self._assign_detected(domain, disk, tuple(layers), terminated)
+        outcome = self._validate_depth(disk, chain, 0)
+        if outcome.ok:
+            disk.chain = chain
+        return outcome
+
+    def _assign_detected(
+        self, domain: Domain, disk: LiveDisk, layers: tuple[Layer, ...], terminated: bool
+    ) -> Chain:
+        top = replace(layers[0], index=disk.top_index)
+        below = []
+        for depth, layer in enumerate(layers[1:], start=1):
+            if self.rules.index is IndexRule.DOMAIN_COUNTER:
+                below.append(replace(layer, index=self._new_index(domain)))
+            else:
+                below.append(replace(layer, index=depth))
+        return Chain((top, *below), terminated)
+
+    def _with_indexes(self, chain: Chain, top_index: int) -> Chain:
+        layers = tuple(replace(layer, index=depth) for depth, layer in enumerate(chain.layers))
+        return Chain(layers, chain.terminated)
+
+    def _new_index(self, domain: Domain) -> int:
+        domain.next_index += 1
+        return domain.next_index
+
+    def _validate_depth(self, disk: LiveDisk, chain: Chain, add: int) -> Outcome:
+        """qemuDomainStorageSourceValidateDepth."""
+        limit = self.rules.depth_limit
+        if limit is not None and len(chain) + add > limit:
+            return _fail(
+                ErrorCode.TOO_DEEP.value,
+                f"backing chains more than {limit} layers deep are not supported "
+                f"for disk '{disk.config.target}'",
+            )
+        return OK
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def define(self, name: str, disks: list[DiskConfig]) -> Outcome:
+        """virDomainDefineXML: a new persistent domain, or a new definition of one."""
+        problem = self._check_disks(disks)
+        if problem is not None:
+            return problem
+        domain = self.domains.get(name)
+        if domain is None:
+            self.domains[name] = Domain(name, True, list(disks))
+        else:
+            domain.config = list(disks)
+            domain.persistent = True
+        return OK
+
+    def undefine(self, name: str) -> Outcome:
+        domain = self.domains.get(name)
+        if domain is None:
+            return _no_domain(name)
+        if domain.running:
+            domain.persistent = False
+        else:
+            del self.domains[name]
+        return OK
+
+    def create(self, name: str, disks: list[DiskConfig]) -> Outcome:
+        """virDomainCreateXML: a transient domain, started at once."""
+        if name in self.domains:
+            return _fail(OpError.DOMAIN_EXISTS, f"domain '{name}' already exists")
+        problem = self._check_disks(disks)
+        if problem is not None:
+            return problem
+        self.domains[name] = Domain(name, False, list(disks))
+        outcome = self.start(name)
+        if not outcome.ok:
+            del self.domains[name]
+        return outcome
+
+    def start(self, name: str) -> Outcome:
+        """qemuProcessStart: the live definition is a copy; chains are determined."""
+        domain = self.domains.get(name)
+        if domain is None:
+            return _no_domain(name)
+        if domain.running:
+            return _fail(OpError.RUNNING, f"domain '{name}' is already running")
+        live = [LiveDisk(config) for config in domain.config]
+        domain.next_index = 0
+        if self.rules.index is IndexRule.DOMAIN_COUNTER:
+            for disk in live:
+                if disk.config.path:
+                    disk.top_index = self._new_index(domain)
+        if not self.rules.chain_needs_cgroup_devices or self.cgroup_devices:
+            order = reversed(live) if self.rules.models_jobs else iter(live)
+            for disk in order:
+                outcome = self.determine_disk_chain(domain, disk, False)
+                if not outcome.ok:
+                    return outcome
+        domain.live = live
+        self.granted[name] = set()
+        for disk in live:
+            self._grant(name, disk)
+        return OK
+
+    def destroy(self, name: str) -> Outcome:
+        """qemuProcessStop: qemu is gone; the live definition (and its chains) is freed."""
+        domain = self.domains.get(name)
+        if domain is None:
+            return _no_domain(name)
+        if not domain.running:
+            return _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
+        for disk in domain.live or ():
+            self._revoke(name, disk, whole_chain=True)
+            if self.rules.stop_loop:
+                disk.chain = None
+        for job_id in [job.id for job in self.jobs.values() if job.domain == name]:
+            del self.jobs[job_id]
+        self.events.drop_domain(name)
+        domain.live = None
+        if not self.granted.get(name):
+            self.granted.pop(name, None)
+        if not domain.persistent:
+            del self.domains[name]
+        return OK
+
+    def daemon_restart(self) -> Outcome:
+        """libvirtd restarts and reconnects to the running qemu processes."""
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                if not self.rules.survives_restart:
+                    disk.chain = None
+                    disk.stale_reason = None
+        if self.rules.survives_restart:
+            # Jobs that finished while the daemon was down are replayed from the status XML.
+            for event in list(self.events.pending):
+                self.deliver(event.id)
+        else:
+            self.events.pending.clear()
+        return OK
+
+    # -- hotplug and media --------------------------------------------------------------
+
+    def attach(self, name: str, config: DiskConfig) -> Outcome:
+        """qemuDomainAttachDeviceDiskLive: the new disk's chain must be determined first."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        if domain.live_disk(config.target) is not None:
+            return _fail(OpError.DISK_EXISTS, f"target {config.target} already exists")
+        path_problem = self._check_disks([config])
+        if path_problem is not None:
+            return path_problem
+        disk = LiveDisk(config)
+        if self.rules.index is IndexRule.DOMAIN_COUNTER and config.path:
+            disk.top_index = self._new_index(domain)
+        outcome = self.determine_disk_chain(domain, disk, False)
+        if not outcome.ok:
+            return outcome
+        assert domain.live is not None
+        domain.live.append(disk)
+        self._grant(name, disk)
+        return OK
+
+    def detach(self, name: str, target: str) -> Outcome:
+        """qemuDomainDetachDeviceDiskLive: access to the disk's files is revoked."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        if disk.job is not None:
+            return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
+        self._revoke(name, disk, whole_chain=self.rules.detach_revokes_cached_chain)
+        assert domain.live is not None
+        domain.live.remove(disk)
+        return OK
+
+    def change_media(self, name: str, target: str, path: str | None, fmt: str | None) -> Outcome:
+        """qemuDomainChangeEjectableMedia: a cdrom or floppy gets another image (or none)."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        if disk.config.device not in ("cdrom", "floppy"):
+            return _fail(OpError.NOT_REMOVABLE, f"disk '{target}' is not a cdrom or floppy")
+        new_config = replace(disk.config, path=path, format=fmt, backing=())
+        candidate = LiveDisk(new_config, top_index=disk.top_index)
+        if self.rules.index is IndexRule.DOMAIN_COUNTER and path:
+            candidate.top_index = self._new_index(domain)
+        outcome = self.determine_disk_chain(domain, candidate, False)
+        if not outcome.ok:
+            return outcome
+        self._revoke(name, disk, whole_chain=True)
+        disk.config = new_config
+        disk.top_index = candidate.top_index
+        if self.rules.media_change_keeps_old_chain:
+            # The probe ran on a copy of the definition, which is freed: the old chain stays.
+            disk.stale_reason = "media-change-keeps-old-chain" if disk.chain else None
+        else:
+            disk.chain = candidate.chain
+            disk.stale_reason = None
+        self._grant(name, disk)
+        return OK
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def snapshot(
+        self, name: str, target: str, overlay: str, *, reuse: bool = False, fmt: str = "qcow2"
+    ) -> Outcome:
+        """An external disk-only snapshot of one disk: ``overlay`` becomes the active layer."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        if not os.path.isabs(overlay):
+            return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
+        if disk.job is not None:
+            return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
+        exists = self.storage.kind(overlay) is not None
+        if reuse and not exists:
+            return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
+        if not reuse and exists:
+            return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
+        modelled = self.rules.snapshot is SnapshotRule.MODEL
+        if modelled:
+            current = disk.chain or Chain((Layer(disk.config.path or "", "raw"),), False)
+            self._note_cache_read(domain, disk)
+            outcome = self._validate_depth(disk, current, 1)
+            if not outcome.ok:
+                return outcome
+        else:
+            # "nuke the existing chain so that future commands will recompute it"
+            disk.chain = None
+            disk.stale_reason = None
+        old_path = disk.config.path or ""
+        old_format = disk.config.format or "raw"
+        if not reuse:
+            size = self._virtual_size(disk)
+            version = self.rules.overlay_qcow2_version
+            image = qcow2.Qcow2Image(size, old_path.encode(), old_format, version)
+            _write_file(overlay, qcow2.encode(image))
+        new_config = replace(disk.config, path=overlay, format=fmt, backing=())
+        if modelled:
+            assert disk.chain is not None
+            index = self._new_index(domain) if self.rules.index is IndexRule.DOMAIN_COUNTER else 0
+            below = [replace(disk.chain.layers[0], index=disk.top_index)]
+            below += disk.chain.layers[1:]
+            if self.rules.index is IndexRule.DEPTH:
+                below = [replace(layer, index=depth + 1) for depth, layer in enumerate(below)]
+            top = Layer(overlay, fmt, index=index)
+            disk.chain = Chain((top, *below), disk.chain.terminated)
+            disk.top_index = index
+        disk.config = new_config
+        if domain.persistent:
+            domain.config = [
+                replace(config, path=overlay, format=fmt, backing=())
+                if config.target == target
+                else config
+                for config in domain.config
+            ]
+        self.granted.setdefault(name, set()).add(overlay)
+        return OK
+
+    # -- block jobs ---------------------------------------------------------------------
+
+    def block_pull(self, name: str, target: str, base: str | None = None) -> Outcome:
+        """virDomainBlockRebase/Pull: stream the chain above ``base`` into the active layer."""
+        domain, disk, problem = self._job_disk(name, target)
+        if disk is None:
+            return problem
+        chain, problem = self._chain_for_job(domain, disk)
+        if chain is None:
+            return problem
+        base_layer = None
+        if base is not None:
+            base_layer = _lookup(chain, base, below=0)
+            if base_layer is None or base_layer == 0:
+                return _fail(
+                    OpError.BASE_NOT_FOUND,
+                    f"could not find image '{base}' beneath '{chain.layers[0].filename}' "
+                    f"in chain for '{target}'",
+                )
+        removed = tuple(
+            layer.filename for layer in chain.layers[1 : base_layer if base_layer else None]
+        )
+        job = self._new_job(
+            JobKind.PULL,
+            name,
+            target,
+            top=chain.layers[0].filename,
+            base=chain.layers[base_layer].filename if base_layer else None,
+            removed=removed,
+        )
+        disk.job = job.id
+        return OK
+
+    def block_commit(
+        self,
+        name: str,
+        target: str,
+        top: str | None = None,
+        base: str | None = None,
+        *,
+        active: bool = False,
+        shallow: bool = False,
+        delete: bool = False,
+    ) -> Outcome:
+        """virDomainBlockCommit: the data of ``top`` and below (down to ``base``) into base."""
+        domain, disk, problem = self._job_disk(name, target)
+        if disk is None:
+            return problem
+        chain, problem = self._chain_for_job(domain, disk)
+        if chain is None:
+            return problem
+        top_at = 0 if top is None else _lookup(chain, top, below=None)
+        if top_at is None:
+            return _fail(
+                OpError.TOP_NOT_FOUND, f"could not find image '{top}' in chain for '{target}'"
+            )
+        top_name = chain.layers[top_at].filename
+        if top_at == 0 and not active:
+            return _fail(
+                OpError.ACTIVE_COMMIT_NEEDS_FLAG,
+                f"commit of '{target}' active layer requires active flag",
+            )
+        if top_at == 0 and not self.rules.active_commit:
+            return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
+        if top_at == len(chain) - 1:
+            return _fail(
+                OpError.TOP_HAS_NO_BACKING,
+                f"top '{top_name}' in chain for '{target}' has no backing file",
+            )
+        if base is None:
+            base_at: int | None = len(chain) - 1
+        else:
+            base_at = _lookup(chain, base, below=top_at)
+        if base_at is None:
+            return _fail(
+                OpError.BASE_NOT_FOUND,
+                f"could not find image '{base}' beneath '{top_name}' in chain for '{target}'",
+            )
+        if shallow and base_at != top_at + 1:
+            return _fail(
+                OpError.BASE_NOT_BELOW_TOP,
+                f"base '{chain.layers[base_at].filename}' is not immediately below "
+                f"'{top_name}' in chain for '{target}'",
+            )
+        kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
+        job = self._new_job(
+            kind,
+            name,
+            target,
+            top=top_name,
+            base=chain.layers[base_at].filename,
+            delete=delete,
+            removed=tuple(layer.filename for layer in chain.layers[top_at:base_at]),
+        )
+        disk.job = job.id
+        return OK
+
+    def block_copy(
+        self,
+        name: str,
+        target: str,
+        destination: str,
+        *,
+        shallow: bool = False,
+        reuse: bool = False,
+    ) -> Outcome:
+        """virDomainBlockCopy: mirror the disk to ``destination``; pivot or abort later."""
+        domain, disk, problem = self._job_disk(name, target)
+        if disk is None:
+            return problem
+        if not os.path.isabs(destination):
+            return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
+        exists = self.storage.kind(destination) is not None
+        if reuse and not exists:
+            return _fail(OpError.FILE_MISSING, f"missing destination file '{destination}'")
+        if not reuse and exists:
+            return _fail(OpError.FILE_EXISTS, f"destination file '{destination}' exists")
+        chain, problem = self._chain_for_job(domain, disk)
+        if chain is None:
+            return problem
+        if reuse and self.rules.models_jobs:
+            mirror = LiveDisk(replace(disk.config, path=destination, format="qcow2", backing=()))
+            outcome = self.determine_disk_chain(domain, mirror, False)
+            if not outcome.ok:
+                return outcome
+        if not reuse:
+            size = self._virtual_size(disk)
+            below = chain.layers[1] if shallow and len(chain) > 1 else None
+            name_below = below.filename.encode() if below else None
+            version = self.rules.overlay_qcow2_version
+            image = qcow2.Qcow2Image(size, name_below, below.format if below else None, version)
+            _write_file(destination, qcow2.encode(image))
+        job = self._new_job(
+            JobKind.COPY,
+            name,
+            target,
+            top=chain.layers[0].filename,
+            destination=destination,
+            shallow=shallow,
+            reuse=reuse,
+        )
+        disk.job = job.id
+        return OK
+
+    def job_step(self, name: str, target: str) -> Outcome:
+        """qemu finishes its share of the disk's job and raises the event (not yet handled)."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        job = self.jobs.get(disk.job) if disk.job is not None else None
+        if job is None:
+            return _fail(OpError.NO_JOB, f"no active block job on disk '{target}'")
+        if job.state is not JobState.RUNNING:
+            return OK
+        if job.kind is JobKind.PULL:
+            self._rewrite_backing(job.top, job.base, self._format_of(disk, job.base))
+            self._completed_in_qemu(disk, job)
+        elif job.kind is JobKind.COMMIT:
+            parent = self._parent_of(disk, job.top)
+            if parent is not None:
+                self._rewrite_backing(parent, job.base, self._format_of(disk, job.base))
+            self._completed_in_qemu(disk, job)
+        else:
+            job.state = JobState.READY
+            self.events.raise_event(job, EventType.READY)
+        return OK
+
+    def _completed_in_qemu(self, disk: LiveDisk, job: BlockJob) -> None:
+        """qemu changed the files; until libvirt handles the event its cache lags behind."""
+        job.state = JobState.COMPLETED
+        self.events.raise_event(job, EventType.COMPLETED)
+        if disk.chain is not None:
+            disk.stale_reason = "completion-event-pending"
+
+    def deliver(self, event_id: int) -> Outcome:
+        """libvirt handles one pending event (qemuProcessHandleBlockJob / qemuBlockJob*)."""
+        try:
+            event = self.events.take(event_id)
+        except KeyError:
+            return _fail(OpError.NO_EVENT, f"no pending event {event_id}")
+        self._handle(event)
+        return OK
+
+    def deliver_all(self, order: Callable[[list[JobEvent]], list[JobEvent]] | None = None) -> int:
+        """Delivers every pending event, in qemu's order or in the order ``order`` gives."""
+        pending = list(self.events.pending)
+        for event in order(pending) if order else pending:
+            self.deliver(event.id)
+        return len(pending)
+
+    def block_job_pivot(self, name: str, target: str) -> Outcome:
+        """virDomainBlockJobAbort(PIVOT): switch to the new image once libvirt saw READY."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        job = self.jobs.get(disk.job) if disk.job is not None else None
+        if job is None or job.kind not in (JobKind.COPY, JobKind.ACTIVE_COMMIT):
+            return _fail(OpError.NO_JOB, f"no active block copy or active commit on '{target}'")
+        if not job.pivot:
+            return _fail(OpError.JOB_NOT_READY, f"block job on '{target}' is not ready yet")
+        return self._complete_pivot(domain, disk, job)
+
+    def block_job_abort(self, name: str, target: str) -> Outcome:
+        """virDomainBlockJobAbort: cancel; a copy leaves its destination, the chain unchanged."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return _no_disk(name, target)
+        job = self.jobs.get(disk.job) if disk.job is not None else None
+        if job is None:
+            return _fail(OpError.NO_JOB, f"no active block job on disk '{target}'")
+        if job.state is JobState.COMPLETED:
+            return _fail(OpError.NO_JOB, f"block job on '{target}' has already completed")
+        job.state = JobState.ABORTED
+        self.events.pending = [event for event in self.events.pending if event.job != job.id]
+        self._finish_job(disk, job)
+        return OK
+
+    # -- faults -------------------------------------------------------------------------
+
+    def delete_file(self, path: str) -> Outcome:
+        try:
+            os.unlink(path)
+        except OSError as error:
+            return _fail(OpError.FILE_MISSING, f"cannot delete '{path}': {error.strerror}")
+        self._files_changed(path, "file-deleted")
+        return OK
+
+    def make_unreadable(self, path: str) -> Outcome:
+        self.storage.unreadable.add(path)
+        self._files_changed(path, "file-unreadable")
+        return OK
+
+    def replace_file(self, path: str, content: bytes) -> Outcome:
+        _write_file(path, content)
+        self._files_changed(path, "file-replaced")
+        return OK
+
+    def rewrite_header(self, path: str, backing: str | None, backing_format: str | None) -> Outcome:
+        """A qcow2 file's backing name and format changed behind libvirt's back."""
+        try:
+            self._rewrite_backing(path, backing, backing_format)
+        except (OSError, ValueError) as error:
+            return _fail(OpError.FILE_MISSING, f"cannot rewrite '{path}': {error}")
+        self._files_changed(path, "header-rewritten")
+        return OK
+
+    # -- observation --------------------------------------------------------------------
+
+    def chain(self, name: str, target: str) -> Chain | None:
+        """The chain libvirt caches for a running domain's disk (None: not cached)."""
+        domain = self.domains.get(name)
+        disk = domain.live_disk(target) if domain else None
+        return disk.chain if disk else None
+
+    def open_for_writing(self) -> set[str]:
+        """Files a simulated qemu holds open for writing now."""
+        writing: set[str] = set()
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                if disk.config.path and disk.config.type in (DiskType.FILE, DiskType.BLOCK):
+                    writing.add(disk.config.path)
+        for job in self.jobs.values():
+            if job.state in (JobState.RUNNING, JobState.READY):
+                if job.kind in (JobKind.COMMIT, JobKind.ACTIVE_COMMIT) and job.base:
+                    writing.add(job.base)
+                if job.kind is JobKind.COPY and job.destination:
+                    writing.add(job.destination)
+        return writing
+
+    def violations(self) -> list[Violation]:
+        """Cached chains that differ from a fresh probe outside a documented window."""
+        found = []
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                if disk.chain is None or disk.stale_reason is not None:
+                    continue
+                if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
+                    continue
+                if self.rules.user_backing_store and disk.config.backing:
+                    continue
+                fresh = self.fresh_chain(disk.config)
+                cached = _shape(disk.chain)
+                if isinstance(fresh, ChainError):
+                    found.append(Violation(domain.name, disk.config.target, cached, fresh.code))
+                elif _shape(fresh) != cached:
+                    found.append(Violation(domain.name, disk.config.target, cached, _shape(fresh)))
+        return found
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_disks(self, disks: list[DiskConfig]) -> Outcome | None:
+        targets = set()
+        for config in disks:
+            if config.target in targets:
+                return _fail(OpError.DISK_EXISTS, f"target {config.target} duplicated")
+            targets.add(config.target)
+            local = config.type in (DiskType.FILE, DiskType.BLOCK)
+            if local and config.path and not os.path.isabs(config.path):
+                return _fail(
+                    OpError.INVALID_PATH, f"disk source path '{config.path}' must be absolute"
+                )
+        return None
+
+    def _running(self, name: str) -> tuple[Domain | None, Outcome]:
+        domain = self.domains.get(name)
+        if domain is None:
+            return None, _no_domain(name)
+        if not domain.running:
+            return None, _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
+        return domain, OK
+
+    def _job_disk(self, name: str, target: str) -> tuple[Domain, LiveDisk | None, Outcome]:
+        domain, problem = self._running(name)
+        if domain is None:
+            return Domain(name, False, []), None, problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return domain, None, _no_disk(name, target)
+        if disk.job is not None:
+            return (
+                domain,
+                None,
+                _fail(OpError.JOB_ACTIVE, f"disk '{target}' already has an active block job"),
+            )
+        if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
+            return domain, None, _fail(OpError.UNSUPPORTED, "block jobs need a local disk")
+        return domain, disk, OK
+
+    def _chain_for_job(self, domain: Domain, disk: LiveDisk) -> tuple[Chain | None, Outcome]:
+        """The chain a job validates against: the cache, probed first if it is empty."""
+        if disk.chain is None:
+            outcome = self.determine_disk_chain(domain, disk, False)
+            if not outcome.ok:
+                return None, outcome
+        assert disk.chain is not None
+        self._note_cache_read(domain, disk)
+        return disk.chain, OK
+
+    def _note_cache_read(self, domain: Domain, disk: LiveDisk) -> None:
+        if not self.track_staleness or disk.chain is None:
+            return
+        fresh = self.fresh_chain(disk.config)
+        if isinstance(fresh, ChainError) or _shape(fresh) != _shape(disk.chain):
+            self.counters.stale_operations += 1
+
+    def _new_job(self, kind: JobKind, domain: str, target: str, **details: object) -> BlockJob:
+        job = BlockJob(self._next_job, kind, domain, target, **details)  # type: ignore[arg-type]
+        self._next_job += 1
+        self.jobs[job.id] = job
+        return job
+
+    def _handle(self, event: JobEvent) -> None:
+        job = self.jobs.get(event.job)
+        domain = self.domains.get(event.domain)
+        disk = domain.live_disk(event.target) if domain else None
+        if job is None or domain is None or disk is None:
+            return
+        if event.type is EventType.READY:
+            job.pivot = True
+            return
+        if event.type is not EventType.COMPLETED:
+            self._finish_job(disk, job)
+            return
+        if disk.stale_reason == "completion-event-pending":
+            disk.stale_reason = None
+        if self.rules.models_jobs:
+            self._model_completion(domain, disk, job)
+        elif job.kind.value in self.rules.reprobe_after:
+            # The 2012 handler: re-probe, ignoring what the call returns.
+            self.determine_disk_chain(domain, disk, True)
+        elif disk.chain is not None:
+            disk.stale_reason = f"no-reprobe-after-{job.kind.value}"
+        self._finish_job(disk, job)
+
+    def _model_completion(self, domain: Domain, disk: LiveDisk, job: BlockJob) -> None:
+        """qemuBlockJobProcessEventCompleted*: the new chain from the old, nothing probed."""
+        chain = disk.chain
+        if chain is None:
+            return
+        # The images taken out of the chain are closed by qemu and their access revoked.
+        self.granted.get(domain.name, set()).difference_update(job.removed)
+        names = [layer.filename for layer in chain.layers]
+        if job.kind is JobKind.PULL:
+            if job.base is None:
+                layers = chain.layers[:1]
+                terminated = self.rules.pull_terminates
+            else:
+                layers = chain.layers[:1] + chain.layers[names.index(job.base) :]
+                terminated = chain.terminated
+            disk.chain = Chain(layers, terminated)
+        elif job.kind is JobKind.COMMIT:
+            top_at = names.index(job.top)
+            base_at = names.index(job.base) if job.base else len(names) - 1
+            disk.chain = Chain(chain.layers[:top_at] + chain.layers[base_at:], chain.terminated)
+            if job.delete:
+                for path in job.removed:
+                    _unlink_quietly(path)
+
+    def _complete_pivot(self, domain: Domain, disk: LiveDisk, job: BlockJob) -> Outcome:
+        chain = disk.chain
+        if job.kind is JobKind.COPY:
+            assert job.destination is not None
+            mirror = LiveDisk(
+                replace(disk.config, path=job.destination, format="qcow2", backing=())
+            )
+            if self.rules.index is IndexRule.DOMAIN_COUNTER:
+                mirror.top_index = self._new_index(domain)
+            if self.rules.models_jobs:
+                if job.reuse or chain is None:
+                    outcome = self.determine_disk_chain(domain, mirror, False)
+                    if not outcome.ok:
+                        return outcome
+                elif job.shallow:
+                    top = Layer(job.destination, "qcow2", index=mirror.top_index)
+                    mirror.chain = Chain((top, *chain.layers[1:]), chain.terminated)
+                else:
+                    top = Layer(job.destination, "qcow2", index=mirror.top_index)
+                    mirror.chain = Chain((top,), True)
+            else:
+                outcome = self.determine_disk_chain(domain, mirror, False)
+                if not outcome.ok:
+                    return outcome
+            self._revoke(domain.name, disk, whole_chain=True)
+            disk.config = mirror.config
+            disk.chain = mirror.chain
+            disk.top_index = mirror.top_index
+            disk.stale_reason = None
+            self._grant(domain.name, disk)
+        else:
+            assert job.base is not None and chain is not None
+            names = [layer.filename for layer in chain.layers]
+            base_at = names.index(job.base)
+            base = chain.layers[base_at]
+            disk.config = replace(disk.config, path=base.filename, format=base.format, backing=())
+            disk.chain = Chain(chain.layers[base_at:], chain.terminated)
+            disk.top_index = base.index
+            if job.delete:
+                for path in job.removed:
+                    _unlink_quietly(path)
+        job.state = JobState.COMPLETED
+        self._finish_job(disk, job)
+        return OK
+
+    def _finish_job(self, disk: LiveDisk, job: BlockJob) -> None:
+        self.jobs.pop(job.id, None)
+        if disk.job == job.id:
+            disk.job = None
+
+    def _parent_of(self, disk: LiveDisk, path: str) -> str | None:
+        if disk.chain is None:
+            return None
+        names = [layer.filename for layer in disk.chain.layers]
+        at = names.index(path) if path in names else 0
+        return names[at - 1] if at > 0 else None
+
+    def _format_of(self, disk: LiveDisk, path: str | None) -> str | None:
+        if path is None or disk.chain is None:
+            return None
+        for layer in disk.chain.layers:
+            if layer.filename == path:
+                return layer.format
+        return None
+
+    def _rewrite_backing(self, path: str, backing: str | None, fmt: str | None) -> None:
+        """What qemu writes into an overlay's header when its backing changes."""
+        with open(path, "r+b") as image:
+            first = image.read(qcow2.MAX_CLUSTER_SIZE)
+            cluster = 1 << int.from_bytes(first[20:24], "big")
+            rewritten = qcow2.with_backing(
+                first[:cluster], backing.encode() if backing else None, fmt
+            )
+            image.seek(0)
+            image.write(rewritten)
+
+    def _virtual_size(self, disk: LiveDisk) -> int:
+        if disk.chain is not None and disk.chain.layers[0].virtual_size:
+            return disk.chain.layers[0].virtual_size
+        return DEFAULT_SIZE
+
+    def _files_changed(self, path: str, reason: str) -> None:
+        """Files changed behind libvirt's back: caches that name them keep their old view."""
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                if disk.chain is not None and path in _shape_names(disk.chain):
+                    disk.stale_reason = reason
+
+    def _walk(self, disk: LiveDisk) -> Iterator[str]:
+        """virDomainDiskDefForeachPath: the top, then each known backing file."""
+        if disk.config.type not in (DiskType.FILE, DiskType.BLOCK) or not disk.config.path:
+            return
+        yield disk.config.path
+        if disk.chain is not None:
+            for layer in disk.chain.layers[1:]:
+                if layer.type in (LayerType.FILE, LayerType.BLOCK):
+                    yield layer.filename
+
+    def _grant(self, name: str, disk: LiveDisk) -> None:
+        self.granted.setdefault(name, set()).update(self._walk(disk))
+
+    def _revoke(self, name: str, disk: LiveDisk, *, whole_chain: bool) -> None:
+        granted = self.granted.get(name)
+        if granted is None:
+            return
+        paths = list(self._walk(disk)) if whole_chain else [disk.config.path or ""]
+        granted.difference_update(paths)
+
+
+def _lookup(chain: Chain, name: str, below: int | None) -> int | None:
+    """virStorageSourceChainLookup: a layer by path, relative name or ``vdX[N]`` index."""
+    start = 0 if below is None else below + 1
+    index = _parse_index(name)
+    for position in range(start, len(chain.layers)):
+        layer = chain.layers[position]
+        if index is not None:
+            if layer.index == index and position > 0:
+                return position
+        elif name in (layer.filename, layer.relative_path):
+            return position
+    return None
+
+
+def _parse_index(name: str) -> int | None:
+    if name.endswith("]") and "[" in name:
+        number = name[name.index("[") + 1 : -1]
+        if number.isdigit():
+            return int(number)
+    return None
+
+
+def _shape(chain: Chain) -> tuple[str, ...]:
+    """A chain as the invariant compares it: each layer's name and format, and its end."""
+    end = "terminated" if chain.terminated else "unknown"
+    return (*(f"{layer.filename}:{layer.format}" for layer in chain.layers), end)
+
+
+def _shape_names(chain: Chain) -> set[str]:
+    return {layer.filename for layer in chain.layers}
+
+
+def _layer_type(config: DiskConfig) -> LayerType:
+    return LayerType.BLOCK if config.type is DiskType.BLOCK else LayerType.FILE
+
+
+def _no_domain(name: str) -> Outcome:
+    return _fail(OpError.NO_DOMAIN, f"no domain with matching name '{name}'")
+
+
+def _no_disk(name: str, target: str) -> Outcome:
+    return _fail(OpError.NO_DISK, f"disk '{target}' not found in domain '{name}'")
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as image:
+        image.write(data)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+__all__ = [
+    "LIBVIRT_BACKING_FORMATS",
+    "BackingSpec",
+    "Counters",
+    "DiskConfig",
+    "DiskType",
+    "Domain",
+    "FaultyStorage",
+    "Hypervisor",
+    "LiveDisk",
+    "OpError",
+    "Outcome",
+    "Violation",
+]
