@@ -7,6 +7,7 @@ whole process), so each subcommand imports what it needs only when it runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -56,15 +57,47 @@ def _parser() -> argparse.ArgumentParser:
         default="human",
         help="output format (default: %(default)s); json uses qemu-img's key names",
     )
+    corpus = commands.add_parser(
+        "corpus",
+        help="build every image the suite needs into a directory, with a manifest",
+        description="Build the corpus: real chains (made with qemu-img where it can, natively "
+        "where it refuses or is too slow) and crafted images qemu-img will not make.",
+    )
+    corpus_commands = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    corpus_build = corpus_commands.add_parser(
+        "build",
+        help="build (or finish building) the corpus into DIR and write DIR/manifest.json",
+        description="Build every corpus entry into DIR/chains/NAME or DIR/crafted/NAME and "
+        "write DIR/manifest.json. Entries already built are kept, an interrupted build "
+        "resumes, and a directory holding files the corpus did not make is never touched.",
+    )
+    corpus_build.add_argument("directory", metavar="DIR")
+    corpus_build.add_argument(
+        "--method",
+        choices=("auto", "qemu-img", "native"),
+        default="auto",
+        help="how chains are made (default: %(default)s: qemu-img where it can)",
+    )
+    corpus_build.add_argument(
+        "--only", metavar="GLOB", help="only entries whose KIND/NAME matches (e.g. 'chains/*')"
+    )
+    corpus_commands.add_parser("list", help="list the corpus entries and what each is for")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):
+        # Output piped into head and the like ends quietly, as for any Unix tool.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = _parser().parse_args(argv)
     if args.command == "probe":
         from conformance.probe_command import run_probe
 
         return run_probe(args.path, args.format, args.profile, args.output)
+    if args.command == "corpus":
+        from conformance.corpus_command import run_corpus
+
+        return run_corpus(args)
     return 2
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 DIR_TOKEN = "$DIR"
@@ -94,7 +94,14 @@ class ChainSpec:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "name": self.name,
+            "layers": [vars(layer).copy() for layer in self.layers],
+            "symlinks": [vars(link).copy() for link in self.symlinks],
+            "directories": list(self.directories),
+            "top": self.top,
+            "description": self.description,
+        }
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> ChainSpec:
