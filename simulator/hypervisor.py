@@ -248,7 +248,7 @@ class Hypervisor:
         ):
             return OK
         if disk.chain is not None:
-            if not force:
+            if not force and self.rules.reuses_cache:
                 return OK
             disk.chain = None
         try:

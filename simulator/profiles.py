@@ -148,6 +148,8 @@ class CacheRules:
     index: IndexRule
     overlay_qcow2_version: int
     """The qcow2 version the era's qemu wrote new overlays in (compat=1.1 default in 1.7)."""
+    reuses_cache: bool = True
+    """A non-forced caller uses the cached chain; False probes every time (no cache at all)."""
 
 
 class HeaderDecoder(StrEnum):
