@@ -60,6 +60,10 @@ class BlockJob:
     """An active commit or copy that finishes by switching the disk to the new image."""
     removed: tuple[str, ...] = ()
     """Images the job takes out of the chain."""
+    parent: str | None = None
+    """The image above a commit's top: qemu rewrites its backing to ``base``."""
+    base_format: str | None = None
+    """``base``'s format, which qemu records in the header it rewrites."""
 
 
 @dataclass(frozen=True)

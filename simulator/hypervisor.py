@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from simulator import backing as backing_names
 from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKind, JobState
 from simulator.formats import qcow2
 from simulator.formats.detect import LIBVIRT_BACKING_FORMATS
+from simulator.formats.header import Header, HeaderRejected, decode_c_name
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.prober import Prober
-from simulator.profiles import IndexRule, Profile, SnapshotRule
+from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule
 from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
 
 DEFAULT_SIZE = 1 << 20
@@ -284,7 +286,7 @@ class Hypervisor:
             top = Layer(config.path, config.format or "raw", LayerType.NETWORK)
             disk.chain = Chain((replace(top, index=disk.top_index),), False)
             return OK
-        if self.rules.user_backing_store and config.backing:
+        if self.rules.user_backing_store and _user_chain(config):
             return self._determine_user_chain(domain, disk)
         try:
             probed = self.probe_chain(config.path, config.format)
@@ -452,6 +454,14 @@ class Hypervisor:
             for event in list(self.events.pending):
                 self.deliver(event.id)
         else:
+            # The events are lost. A job qemu has finished no longer exists in qemu, which
+            # was the only record of it (job state reached the status XML in 3.9).
+            for event in self.events.pending:
+                job = self.jobs.get(event.job)
+                owner = self.domains.get(event.domain)
+                live = owner.live_disk(event.target) if owner else None
+                if job is not None and live is not None and job.state is JobState.COMPLETED:
+                    self._finish_job(live, job)
             self.events.pending.clear()
         return OK
 
@@ -503,6 +513,10 @@ class Hypervisor:
             return _no_disk(name, target)
         if disk.config.device not in ("cdrom", "floppy"):
             return _fail(OpError.NOT_REMOVABLE, f"disk '{target}' is not a cdrom or floppy")
+        if disk.job is not None:
+            return _fail(
+                OpError.JOB_ACTIVE, "can't change media while a block job is running on the device"
+            )
         new_config = replace(disk.config, path=path, format=fmt, backing=())
         candidate = LiveDisk(new_config, top_index=disk.top_index)
         if self.rules.index is IndexRule.DOMAIN_COUNTER and path:
@@ -566,6 +580,10 @@ class Hypervisor:
             assert disk.chain is not None
             index = self._new_index(domain) if self.rules.index is IndexRule.DOMAIN_COUNTER else 0
             below = [replace(disk.chain.layers[0], index=disk.top_index)]
+            recorded = self._recorded_backing(overlay, fmt) if reuse else None
+            if recorded is not None and backing_names.is_relative(recorded):
+                # e20853e1d: the old top's relPath is what the user's overlay records.
+                below[0] = replace(below[0], relative_path=recorded)
             below += disk.chain.layers[1:]
             if self.rules.index is IndexRule.DEPTH:
                 below = [replace(layer, index=depth + 1) for depth, layer in enumerate(below)]
@@ -573,6 +591,12 @@ class Hypervisor:
             disk.chain = Chain((top, *below), disk.chain.terminated)
             disk.top_index = index
         disk.config = new_config
+        if modelled and reuse and disk.stale_reason is None:
+            # 7456c4f5f: what a reused overlay records below itself is not trusted.
+            fresh = self.fresh_chain(new_config)
+            assert disk.chain is not None
+            if isinstance(fresh, ChainError) or _shape(fresh) != _shape(disk.chain):
+                disk.stale_reason = "reuse-overlay-backing-not-trusted"
         if domain.persistent:
             domain.config = [
                 replace(config, path=overlay, format=fmt, backing=())
@@ -612,6 +636,7 @@ class Hypervisor:
             top=chain.layers[0].filename,
             base=chain.layers[base_layer].filename if base_layer else None,
             removed=removed,
+            base_format=chain.layers[base_layer].format if base_layer else None,
         )
         disk.job = job.id
         return OK
@@ -676,6 +701,8 @@ class Hypervisor:
             base=chain.layers[base_at].filename,
             delete=delete,
             removed=tuple(layer.filename for layer in chain.layers[top_at:base_at]),
+            parent=chain.layers[top_at - 1].filename if top_at > 0 else None,
+            base_format=chain.layers[base_at].format,
         )
         disk.job = job.id
         return OK
@@ -740,13 +767,13 @@ class Hypervisor:
             return _fail(OpError.NO_JOB, f"no active block job on disk '{target}'")
         if job.state is not JobState.RUNNING:
             return OK
+        # qemu knows the chain it opened; libvirt's cache (maybe lost meanwhile) plays no part.
         if job.kind is JobKind.PULL:
-            self._rewrite_backing(job.top, job.base, self._format_of(disk, job.base))
+            self._rewrite_backing(job.top, job.base, job.base_format)
             self._completed_in_qemu(disk, job)
         elif job.kind is JobKind.COMMIT:
-            parent = self._parent_of(disk, job.top)
-            if parent is not None:
-                self._rewrite_backing(parent, job.base, self._format_of(disk, job.base))
+            if job.parent is not None:
+                self._rewrite_backing(job.parent, job.base, job.base_format)
             self._completed_in_qemu(disk, job)
         else:
             job.state = JobState.READY
@@ -757,7 +784,7 @@ class Hypervisor:
         """qemu changed the files; until libvirt handles the event its cache lags behind."""
         job.state = JobState.COMPLETED
         self.events.raise_event(job, EventType.COMPLETED)
-        if disk.chain is not None:
+        if disk.chain is not None and disk.stale_reason is None:
             disk.stale_reason = "completion-event-pending"
 
     def deliver(self, event_id: int) -> Outcome:
@@ -870,7 +897,7 @@ class Hypervisor:
                     continue
                 if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
                     continue
-                if self.rules.user_backing_store and disk.config.backing:
+                if self.rules.user_backing_store and _user_chain(disk.config):
                     continue
                 fresh = self.fresh_chain(disk.config)
                 cached = _shape(disk.chain)
@@ -987,8 +1014,7 @@ class Hypervisor:
             base_at = names.index(job.base) if job.base else len(names) - 1
             disk.chain = Chain(chain.layers[:top_at] + chain.layers[base_at:], chain.terminated)
             if job.delete:
-                for path in job.removed:
-                    _unlink_quietly(path)
+                self._delete_removed(job)
 
     def _complete_pivot(self, domain: Domain, disk: LiveDisk, job: BlockJob) -> Outcome:
         chain = disk.chain
@@ -1007,6 +1033,7 @@ class Hypervisor:
                 elif job.shallow:
                     top = Layer(job.destination, "qcow2", index=mirror.top_index)
                     mirror.chain = Chain((top, *chain.layers[1:]), chain.terminated)
+                    mirror.stale_reason = disk.stale_reason  # the inherited layers' window
                 else:
                     top = Layer(job.destination, "qcow2", index=mirror.top_index)
                     mirror.chain = Chain((top,), True)
@@ -1018,42 +1045,58 @@ class Hypervisor:
             disk.config = mirror.config
             disk.chain = mirror.chain
             disk.top_index = mirror.top_index
-            disk.stale_reason = None
+            disk.stale_reason = mirror.stale_reason
             self._grant(domain.name, disk)
         else:
             assert job.base is not None and chain is not None
             names = [layer.filename for layer in chain.layers]
             base_at = names.index(job.base)
             base = chain.layers[base_at]
+            old_top = disk.config.path
             disk.config = replace(disk.config, path=base.filename, format=base.format, backing=())
             disk.chain = Chain(chain.layers[base_at:], chain.terminated)
             disk.top_index = base.index
+            # The images above base leave qemu and lose their access, as in a completed commit.
+            self.granted.get(domain.name, set()).difference_update(job.removed)
+            if domain.persistent:
+                # qemuBlockJobRewriteConfigDiskSource: only if the config's top is the old top.
+                domain.config = [
+                    replace(config, path=base.filename, format=base.format, backing=())
+                    if config.target == disk.config.target and config.path == old_top
+                    else config
+                    for config in domain.config
+                ]
             if job.delete:
-                for path in job.removed:
-                    _unlink_quietly(path)
+                self._delete_removed(job)
         job.state = JobState.COMPLETED
         self._finish_job(disk, job)
         return OK
+
+    def _delete_removed(self, job: BlockJob) -> None:
+        """VIR_DOMAIN_BLOCK_COMMIT_DELETE: other chains naming a deleted image go stale."""
+        for path in job.removed:
+            _unlink_quietly(path)
+            self._files_changed(path, "file-deleted")
 
     def _finish_job(self, disk: LiveDisk, job: BlockJob) -> None:
         self.jobs.pop(job.id, None)
         if disk.job == job.id:
             disk.job = None
 
-    def _parent_of(self, disk: LiveDisk, path: str) -> str | None:
-        if disk.chain is None:
+    def _recorded_backing(self, path: str, fmt: str) -> str | None:
+        """virStorageFileGetBackingStoreStr: the backing name a qcow2 header records."""
+        if fmt != "qcow2":
             return None
-        names = [layer.filename for layer in disk.chain.layers]
-        at = names.index(path) if path in names else 0
-        return names[at - 1] if at > 0 else None
-
-    def _format_of(self, disk: LiveDisk, path: str | None) -> str | None:
-        if path is None or disk.chain is None:
+        try:
+            image = self.storage.open(path)
+            try:
+                data = image.read(0, self.profile.header_bound or LIBVIRT_MAX_HEADER)
+            finally:
+                image.close()
+            info = qcow2.decode_libvirt(Header.of(data), self.profile.read_rules)
+        except (OSError, HeaderRejected):
             return None
-        for layer in disk.chain.layers:
-            if layer.filename == path:
-                return layer.format
-        return None
+        return decode_c_name(info.backing_name) if info.backing_name else None
 
     def _rewrite_backing(self, path: str, backing: str | None, fmt: str | None) -> None:
         """What qemu writes into an overlay's header when its backing changes."""
@@ -1119,6 +1162,11 @@ def _parse_index(name: str) -> int | None:
         if number.isdigit():
             return int(number)
     return None
+
+
+def _user_chain(config: DiskConfig) -> bool:
+    """The definition gives a <backingStore>: elements, or only the empty terminator."""
+    return bool(config.backing) or config.backing_terminated
 
 
 def _shape(chain: Chain) -> tuple[str, ...]:
