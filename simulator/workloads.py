@@ -108,12 +108,16 @@ def _pull(hv: Hypervisor, _d: str) -> Outcome:
 
 
 def _commit_below_top(hv: Hypervisor, _d: str) -> Outcome:
-    """Commit the layer under the active one into its backing (an intermediate commit)."""
+    """Commit the layer under the active one into the layer below it (an intermediate commit)."""
     chain = hv.chain("vm", "vda")
-    if chain is None or len(chain) < 3:
+    if chain is None:
+        # Nothing cached (a 2012 daemon after a restart): name the layers by depth.
+        outcome = hv.block_commit("vm", "vda", top="vda[1]", base="vda[2]")
+    elif len(chain) < 3:
         outcome = hv.block_commit("vm", "vda", top="vda[1]")
     else:
-        outcome = hv.block_commit("vm", "vda", top=chain.layers[1].filename)
+        top, base = chain.layers[1].filename, chain.layers[2].filename
+        outcome = hv.block_commit("vm", "vda", top=top, base=base)
     return _finish_job(hv) if outcome.ok else outcome
 
 
@@ -179,4 +183,19 @@ def restarts(depth: int = 50, count: int = 10) -> Workload:
     )
 
 
-STANDARD = (vm_lifetime(), snapshot_storm(), restarts())
+def jobs_after_restart(depth: int = 20, count: int = 10) -> Workload:
+    """Restarts between block jobs with no snapshot in between: where a kept chain pays."""
+    steps: list[tuple[str, Step]] = [("start", _start)]
+    for _number in range(count):
+        steps.append(("daemon restart", _restart))
+        steps.append(("commit below the top", _commit_below_top))
+    steps.append(("stop", _stop))
+    return Workload(
+        f"jobs-after-restart-{depth}",
+        f"{depth}-layer disk: {count} cycles of daemon restart then commit",
+        depth,
+        tuple(steps),
+    )
+
+
+STANDARD = (vm_lifetime(), snapshot_storm(), restarts(), jobs_after_restart())
