@@ -228,7 +228,16 @@ class Hypervisor:
             )
 
     def fresh_chain(self, config: DiskConfig) -> Chain | ChainError:
-        """What a probe would find now, uncounted: the truth the cache is held to."""
+        """What a probe would find now, uncounted: the truth the cache is held to.
+
+        Where the rules never open an image (modern libvirt and a format without
+        backing), the truth is only whether the file is there.
+        """
+        path = config.path or ""
+        if self.rules.models_jobs and config.format in NON_BACKING_FORMATS:
+            if self.storage.kind(path) is None:
+                return ChainError(ErrorCode.NOT_FOUND, f"Cannot access storage file '{path}'")
+            return Chain((Layer(path, config.format, _layer_type(config)),), True)
         try:
             return Prober(self.profile, self.storage).probe(config.path or "", config.format)
         except ChainError as error:
@@ -629,6 +638,8 @@ class Hypervisor:
         removed = tuple(
             layer.filename for layer in chain.layers[1 : base_layer if base_layer else None]
         )
+        if removed and chain.layers[0].format != "qcow2":
+            return _only_qcow2_rewritten(chain.layers[0].filename)
         job = self._new_job(
             JobKind.PULL,
             name,
@@ -693,6 +704,8 @@ class Hypervisor:
                 f"'{top_name}' in chain for '{target}'",
             )
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
+        if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
+            return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)
         job = self._new_job(
             kind,
             name,
@@ -769,7 +782,8 @@ class Hypervisor:
             return OK
         # qemu knows the chain it opened; libvirt's cache (maybe lost meanwhile) plays no part.
         if job.kind is JobKind.PULL:
-            self._rewrite_backing(job.top, job.base, job.base_format)
+            if job.removed:
+                self._rewrite_backing(job.top, job.base, job.base_format)
             self._completed_in_qemu(disk, job)
         elif job.kind is JobKind.COMMIT:
             if job.parent is not None:
@@ -858,9 +872,11 @@ class Hypervisor:
 
     def rewrite_header(self, path: str, backing: str | None, backing_format: str | None) -> Outcome:
         """A qcow2 file's backing name and format changed behind libvirt's back."""
+        if not _is_qcow2(path):
+            return _fail(OpError.UNSUPPORTED, f"only a qcow2 header can be rewritten: '{path}'")
         try:
             self._rewrite_backing(path, backing, backing_format)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, HeaderRejected) as error:
             return _fail(OpError.FILE_MISSING, f"cannot rewrite '{path}': {error}")
         self._files_changed(path, "header-rewritten")
         return OK
@@ -1167,6 +1183,21 @@ def _parse_index(name: str) -> int | None:
 def _user_chain(config: DiskConfig) -> bool:
     """The definition gives a <backingStore>: elements, or only the empty terminator."""
     return bool(config.backing) or config.backing_terminated
+
+
+def _only_qcow2_rewritten(path: str) -> Outcome:
+    return _fail(
+        OpError.UNSUPPORTED,
+        f"the simulated qemu rewrites qcow2 headers only, and '{path}' would need rewriting",
+    )
+
+
+def _is_qcow2(path: str) -> bool:
+    try:
+        with open(path, "rb") as image:
+            return image.read(4) == qcow2.MAGIC
+    except OSError:
+        return False
 
 
 def _shape(chain: Chain) -> tuple[str, ...]:
