@@ -1,0 +1,1 @@
+"""Implementations under test, one module per kind: reference, qemu-img, python, cmd."""
