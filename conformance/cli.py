@@ -82,6 +82,46 @@ def _parser() -> argparse.ArgumentParser:
         "--only", metavar="GLOB", help="only entries whose KIND/NAME matches (e.g. 'chains/*')"
     )
     corpus_commands.add_parser("list", help="list the corpus entries and what each is for")
+
+    run = commands.add_parser(
+        "run",
+        help="run the case catalogue against an implementation",
+        description="Run the catalogue's cases against an implementation and judge each by a "
+        "profile's expectations. Prints a line per case that did not pass and a final "
+        "'N passed, N failed, N skipped'; exits 0 only if nothing failed.",
+    )
+    run.add_argument(
+        "--impl",
+        default="reference",
+        help="reference[:PROFILE], qemu-img, python:MODULE:OBJECT, or 'cmd:COMMAND LINE' "
+        "(see: chainsuite impls; default: %(default)s)",
+    )
+    run.add_argument("--profile", choices=PROFILE_NAMES, help="the reference's profile")
+    run.add_argument(
+        "--expect",
+        choices=PROFILE_NAMES,
+        help="judge by this profile's expectations (default: the implementation's own)",
+    )
+    run.add_argument(
+        "-k",
+        action="append",
+        metavar="PATTERN",
+        help="only cases whose id contains PATTERN (a glob if it has * ? [); repeatable",
+    )
+    run.add_argument("--expectations", metavar="FILE", help="known failures (JSON), strict")
+    run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    run.add_argument("--json", metavar="FILE", help="write a JSON report (for compare)")
+    run.add_argument("--markdown", metavar="FILE", help="write a Markdown summary")
+    run.add_argument("--verbose", "-v", action="store_true", help="a line for every case")
+
+    commands.add_parser("impls", help="list the implementation adapters and their capabilities")
+    cases = commands.add_parser("cases", help="list the cases, or show one")
+    cases.add_argument("id", nargs="?", metavar="ID")
+    compare = commands.add_parser(
+        "compare", help="which cases changed outcome between two JSON reports (baseline first)"
+    )
+    compare.add_argument("before", metavar="A.json")
+    compare.add_argument("after", metavar="B.json")
     return parser
 
 
@@ -98,7 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conformance.corpus_command import run_corpus
 
         return run_corpus(args)
-    return 2
+    from conformance import run_command
+
+    handlers = {
+        "run": run_command.run_suite,
+        "impls": run_command.list_impls,
+        "cases": run_command.list_cases,
+        "compare": run_command.compare_reports,
+    }
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":
