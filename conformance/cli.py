@@ -113,6 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write a JSON report (for compare)")
     run.add_argument("--markdown", metavar="FILE", help="write a Markdown summary")
     run.add_argument("--verbose", "-v", action="store_true", help="a line for every case")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for one answer of the implementation (default: %(default)s)",
+    )
+    smoke = commands.add_parser(
+        "smoke",
+        help="check that an implementation speaks the protocol before running the suite",
+        description="Check an implementation's handshake and replies against the protocol: "
+        "a misbehaving adapter is told apart from a failing implementation.",
+    )
+    smoke.add_argument("--impl", required=True, help="an implementation spec (see: impls)")
+    smoke.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
 
     commands.add_parser("impls", help="list the implementation adapters and their capabilities")
     cases = commands.add_parser("cases", help="list the cases, or show one")
@@ -141,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conformance import run_command
 
     handlers = {
+        "smoke": run_command.smoke_check,
         "run": run_command.run_suite,
         "impls": run_command.list_impls,
         "cases": run_command.list_cases,

@@ -59,7 +59,7 @@ def run_suite(args: argparse.Namespace) -> int:
         spec = args.impl
         if spec == "reference" and args.profile:
             spec = f"reference:{args.profile}"
-        adapter = open_adapter(spec)
+        adapter = open_adapter(spec, timeout=args.timeout)
     except (CatalogueError, ExpectationsError, AdapterError) as error:
         print(f"run: {error}", file=sys.stderr)
         return 2
@@ -95,6 +95,19 @@ def run_suite(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(markdown(report))
     print(report.summary_line())
     return 1 if any(verdict.counts_as_failure for verdict in verdicts) else 0
+
+
+def smoke_check(args: argparse.Namespace) -> int:
+    from conformance.smoke import smoke
+
+    problems = smoke(args.impl, args.timeout)
+    for problem in problems:
+        print(f"smoke: {problem}", file=sys.stderr)
+    print(
+        f"{args.impl}: "
+        + ("speaks the protocol" if not problems else f"{len(problems)} problem(s)")
+    )
+    return 1 if problems else 0
 
 
 def list_impls(_args: argparse.Namespace) -> int:

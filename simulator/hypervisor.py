@@ -278,8 +278,8 @@ class Hypervisor:
             disk.chain = None
         if not config.path:
             return OK
-        if disk.chain is not None and disk.chain.terminated:
-            return self._validate_depth(disk, disk.chain, 0)
+        if disk.chain is not None:
+            return self._determine_below_known(domain, disk, disk.chain)
         local = config.type in (DiskType.FILE, DiskType.BLOCK)
         if local and config.format in NON_BACKING_FORMATS:
             if self.storage.kind(config.path) is None:
@@ -306,6 +306,35 @@ class Hypervisor:
         if outcome.ok:
             disk.chain = chain
             disk.stale_reason = None
+        return outcome
+
+    def _determine_below_known(self, domain: Domain, disk: LiveDisk, chain: Chain) -> Outcome:
+        """A chain is already there: check access down to its end, detect only below it."""
+        top = chain.layers[0].filename
+        for position, layer in enumerate(chain.layers):
+            has_backing = position < len(chain) - 1 or not chain.terminated
+            local = layer.type in (LayerType.FILE, LayerType.BLOCK)
+            if has_backing and local and self.storage.kind(layer.filename) is None:
+                if position == 0:
+                    message = f"Cannot access storage file '{top}': No such file or directory"
+                    return _fail(ErrorCode.NOT_FOUND.value, message)
+                message = (
+                    f"Cannot access backing file '{layer.filename}' of storage file '{top}': "
+                    "No such file or directory"
+                )
+                return _fail(ErrorCode.BACKING_MISSING.value, message)
+        last = chain.layers[-1]
+        if chain.terminated or last.type not in (LayerType.FILE, LayerType.BLOCK):
+            return self._validate_depth(disk, chain, 0)
+        try:
+            below = self.probe_chain(last.filename, last.format)
+        except ChainError as error:
+            return _fail(error.code.value, error.message)
+        detected = self._assign_detected(domain, disk, below.layers, below.terminated)
+        extended = Chain((*chain.layers, *detected.layers[1:]), detected.terminated)
+        outcome = self._validate_depth(disk, extended, 0)
+        if outcome.ok:
+            disk.chain = extended
         return outcome
 
     def _determine_user_chain(self, domain: Domain, disk: LiveDisk) -> Outcome:
@@ -628,7 +657,8 @@ class Hypervisor:
             return problem
         base_layer = None
         if base is not None:
-            base_layer = _lookup(chain, base, below=0)
+            addressing = self.rules.index is not IndexRule.NONE
+            base_layer = _lookup(chain, base, below=0, indexes=addressing)
             if base_layer is None or base_layer == 0:
                 return _fail(
                     OpError.BASE_NOT_FOUND,
@@ -670,33 +700,46 @@ class Hypervisor:
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        top_at = 0 if top is None else _lookup(chain, top, below=None)
-        if top_at is None:
+        addressing = self.rules.index is not IndexRule.NONE
+        legacy = self.rules.legacy_commit_wording
+        if delete and not self.rules.commit_delete:
             return _fail(
-                OpError.TOP_NOT_FOUND, f"could not find image '{top}' in chain for '{target}'"
+                OpError.UNSUPPORTED, "unsupported flags (0x2) in function qemuDomainBlockCommit"
             )
+        top_at = 0 if top is None else _lookup(chain, top, below=None, indexes=addressing)
+        if top_at is None:
+            wording = "could not find top" if legacy else "could not find image"
+            return _fail(OpError.TOP_NOT_FOUND, f"{wording} '{top}' in chain for '{target}'")
         top_name = chain.layers[top_at].filename
+        if top_at == 0 and not self.rules.active_commit:
+            return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
         if top_at == 0 and not active:
             return _fail(
                 OpError.ACTIVE_COMMIT_NEEDS_FLAG,
                 f"commit of '{target}' active layer requires active flag",
             )
-        if top_at == 0 and not self.rules.active_commit:
-            return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
-        if top_at == len(chain) - 1:
+        bottom = top_at == len(chain) - 1
+        if bottom and not self.rules.terminated_chains:
             return _fail(
                 OpError.TOP_HAS_NO_BACKING,
                 f"top '{top_name}' in chain for '{target}' has no backing file",
             )
+        if bottom:
+            return _fail(
+                OpError.BASE_NOT_FOUND, f"could not find base image in chain for '{target}'"
+            )
         if base is None:
             base_at: int | None = len(chain) - 1
         else:
-            base_at = _lookup(chain, base, below=top_at)
+            base_at = _lookup(chain, base, below=top_at, indexes=addressing)
         if base_at is None:
-            return _fail(
-                OpError.BASE_NOT_FOUND,
-                f"could not find image '{base}' beneath '{top_name}' in chain for '{target}'",
-            )
+            if legacy:
+                message = f"could not find base '{base}' below '{top_name}' in chain for '{target}'"
+            else:
+                message = (
+                    f"could not find image '{base}' beneath '{top_name}' in chain for '{target}'"
+                )
+            return _fail(OpError.BASE_NOT_FOUND, message)
         if shallow and base_at != top_at + 1:
             return _fail(
                 OpError.BASE_NOT_BELOW_TOP,
@@ -1158,10 +1201,10 @@ class Hypervisor:
         granted.difference_update(paths)
 
 
-def _lookup(chain: Chain, name: str, below: int | None) -> int | None:
+def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) -> int | None:
     """virStorageSourceChainLookup: a layer by path, relative name or ``vdX[N]`` index."""
     start = 0 if below is None else below + 1
-    index = _parse_index(name)
+    index = _parse_index(name) if indexes else None
     for position in range(start, len(chain.layers)):
         layer = chain.layers[position]
         if index is not None:

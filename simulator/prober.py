@@ -438,6 +438,8 @@ class _QemuWalk:
 
     def _open(self, name: str, format: str | None, is_top: bool) -> tuple[Layer, HeaderInfo]:
         filename, format = self._file_of(name, format)
+        if format is not None and format not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
+            raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{format}'", name)
         if self.storage.kind(filename) is FileKind.DIR:
             raise ChainError(
                 ErrorCode.READ_FAILED,
@@ -445,8 +447,6 @@ class _QemuWalk:
                 "to be a regular file",
                 name,
             )
-        if format is not None and format not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
-            raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{format}'", name)
         try:
             image = self.storage.open(filename)
         except OSError as error:
@@ -569,18 +569,19 @@ def _qemu_json_file(name: str, recorded: str | None) -> tuple[str, str | None]:
     if json_driver is not None and not isinstance(json_driver, str):
         raise ChainError(ErrorCode.BACKING_NAME_INVALID, "driver must be a string", name)
     driver = recorded if recorded is not None else json_driver
-    for key in ("driver", "file.driver"):
-        if options.get(key) in QEMU_NETWORK_PROTOCOLS:
-            raise _network_backing(name)
+    # The recorded format is put in the options first; the json's own driver cannot replace it.
+    overridden = recorded is not None and json_driver not in (None, recorded)
+    network_keys = ("file.driver",) if overridden else ("driver", "file.driver")
+    if any(options.get(key) in QEMU_NETWORK_PROTOCOLS for key in network_keys):
+        raise _network_backing(name)
     if driver is not None and driver not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
         raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{driver}'", name)
     if driver in QEMU_FILE_PROTOCOLS:
         return str(options.get("filename", "")), driver
-    if json_driver in QEMU_FILE_PROTOCOLS:
+    if overridden and json_driver not in QEMU_FORMATS:
+        # A format driver without the "file" child the json's protocol driver would have been.
         raise ChainError(
-            ErrorCode.BACKING_NAME_INVALID,
-            f'A block device must be specified for "{json_driver}"',
-            name,
+            ErrorCode.BACKING_NAME_INVALID, 'A block device must be specified for "file"', name
         )
     filename = options.get("file.filename", options.get("filename"))
     if not isinstance(filename, str):

@@ -108,6 +108,8 @@ class SnapshotRule(StrEnum):
 class IndexRule(StrEnum):
     """How the backing index numbers that ``vda[N]`` addresses are assigned."""
 
+    NONE = "none"
+    """No index numbers and no ``vda[N]`` addressing (before libvirt 1.2.4)."""
     DEPTH = "depth"
     """Each layer's depth below the top (libvirt 1.2.4 - 5.x, without -blockdev)."""
     DOMAIN_COUNTER = "domain-counter"
@@ -143,6 +145,13 @@ class CacheRules:
     """A <backingStore> given in the definition is trusted (libvirt >= 5.10)."""
     active_commit: bool
     """Committing the active layer (with pivot) is supported (libvirt >= 1.2.6)."""
+    commit_delete: bool
+    """Block commit accepts the DELETE flag (libvirt 1.0 accepted SHALLOW only)."""
+    terminated_chains: bool
+    """Chains end in an explicit terminator (3.9), so committing from the bottom layer finds
+    a backing element and fails on the base lookup instead of "has no backing file"."""
+    legacy_commit_wording: bool
+    """Block commit's errors as libvirt 1.0 worded them ("could not find top '%s' ...")."""
     depth_limit: int | None
     """Layers a disk may have (qemuDomainStorageSourceValidateDepth), a snapshot adds one."""
     index: IndexRule
@@ -221,8 +230,11 @@ _2012_CACHE = CacheRules(
     detach_revokes_cached_chain=False,
     user_backing_store=False,
     active_commit=False,
+    commit_delete=False,
+    terminated_chains=False,
+    legacy_commit_wording=True,
     depth_limit=None,
-    index=IndexRule.DEPTH,
+    index=IndexRule.NONE,
     overlay_qcow2_version=2,
 )
 _MODERN_CACHE = CacheRules(
@@ -239,6 +251,9 @@ _MODERN_CACHE = CacheRules(
     detach_revokes_cached_chain=True,
     user_backing_store=True,
     active_commit=True,
+    commit_delete=True,
+    terminated_chains=True,
+    legacy_commit_wording=False,
     depth_limit=QEMU_DRIVER_MAX_DEPTH,
     index=IndexRule.DOMAIN_COUNTER,
     overlay_qcow2_version=3,
