@@ -56,6 +56,8 @@ class OpError(StrEnum):
     ACTIVE_COMMIT_NEEDS_FLAG = "active-commit-needs-flag"
     UNSUPPORTED = "unsupported"
     NO_EVENT = "no-such-event"
+    NO_SOURCE = "disk-has-no-source"
+    IN_CHAIN = "file-in-chain"
 
 
 class DiskType(StrEnum):
@@ -590,7 +592,11 @@ class Hypervisor:
             return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
         if disk.job is not None:
             return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
+        if not disk.config.path:
+            return _no_source(target)
         exists = self.storage.kind(overlay) is not None
+        if reuse and disk.chain is not None and overlay in _shape_names(disk.chain):
+            return _in_chain(overlay, target)
         if reuse and not exists:
             return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
         if not reuse and exists:
@@ -779,6 +785,8 @@ class Hypervisor:
         if not os.path.isabs(destination):
             return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
         exists = self.storage.kind(destination) is not None
+        if reuse and disk.chain is not None and destination in _shape_names(disk.chain):
+            return _in_chain(destination, target)
         if reuse and not exists:
             return _fail(OpError.FILE_MISSING, f"missing destination file '{destination}'")
         if not reuse and exists:
@@ -824,13 +832,18 @@ class Hypervisor:
         if job.state is not JobState.RUNNING:
             return OK
         # qemu knows the chain it opened; libvirt's cache (maybe lost meanwhile) plays no part.
-        if job.kind is JobKind.PULL:
-            if job.removed:
-                self._rewrite_backing(job.top, job.base, job.base_format)
-            self._completed_in_qemu(disk, job)
-        elif job.kind is JobKind.COMMIT:
-            if job.parent is not None:
-                self._rewrite_backing(job.parent, job.base, job.base_format)
+        if job.kind in (JobKind.PULL, JobKind.COMMIT):
+            rewritten = job.top if job.kind is JobKind.PULL else job.parent
+            needs_rewrite = job.removed if job.kind is JobKind.PULL else rewritten is not None
+            if needs_rewrite and rewritten is not None:
+                try:
+                    self._rewrite_backing(rewritten, job.base, job.base_format)
+                except (OSError, ValueError, HeaderRejected):
+                    # The image changed under qemu: its job fails rather than completes.
+                    job.state = JobState.FAILED
+                    self.events.raise_event(job, EventType.FAILED)
+                    return OK
+                self._files_changed(rewritten, "rewritten-by-a-job", excluding=disk)
             self._completed_in_qemu(disk, job)
         else:
             job.state = JobState.READY
@@ -954,6 +967,8 @@ class Hypervisor:
             for disk in domain.live or ():
                 if disk.chain is None or disk.stale_reason is not None:
                     continue
+                if _shape_names(disk.chain) & self.storage.unreadable:
+                    continue  # made unreadable behind libvirt's back: the cache keeps its view
                 if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
                     continue
                 if self.rules.user_backing_store and _user_chain(disk.config):
@@ -1004,6 +1019,8 @@ class Hypervisor:
             )
         if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
             return domain, None, _fail(OpError.UNSUPPORTED, "block jobs need a local disk")
+        if not disk.config.path:
+            return domain, None, _no_source(target)
         return domain, disk, OK
 
     def _chain_for_job(self, domain: Domain, disk: LiveDisk) -> tuple[Chain | None, Outcome]:
@@ -1173,11 +1190,18 @@ class Hypervisor:
             return disk.chain.layers[0].virtual_size
         return DEFAULT_SIZE
 
-    def _files_changed(self, path: str, reason: str) -> None:
-        """Files changed behind libvirt's back: caches that name them keep their old view."""
+    def _files_changed(self, path: str, reason: str, excluding: LiveDisk | None = None) -> None:
+        """Files changed behind libvirt's back: caches that name them keep their old view,
+        and so does a disk whose job will pivot to them."""
+        destinations = {
+            (job.domain, job.target) for job in self.jobs.values() if job.destination == path
+        }
         for domain in self.domains.values():
             for disk in domain.live or ():
-                if disk.chain is not None and path in _shape_names(disk.chain):
+                if disk is excluding:
+                    continue
+                named = disk.chain is not None and path in _shape_names(disk.chain)
+                if named or (domain.name, disk.config.target) in destinations:
                     disk.stale_reason = reason
 
     def _walk(self, disk: LiveDisk) -> Iterator[str]:
@@ -1259,6 +1283,14 @@ def _layer_type(config: DiskConfig) -> LayerType:
 
 def _no_domain(name: str) -> Outcome:
     return _fail(OpError.NO_DOMAIN, f"no domain with matching name '{name}'")
+
+
+def _no_source(target: str) -> Outcome:
+    return _fail(OpError.NO_SOURCE, f"disk '{target}' has no source (an empty drive)")
+
+
+def _in_chain(path: str, target: str) -> Outcome:
+    return _fail(OpError.IN_CHAIN, f"'{path}' is already in the backing chain of disk '{target}'")
 
 
 def _no_disk(name: str, target: str) -> Outcome:
