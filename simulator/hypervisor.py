@@ -820,13 +820,9 @@ class Hypervisor:
 
     def job_step(self, name: str, target: str) -> Outcome:
         """qemu finishes its share of the disk's job and raises the event (not yet handled)."""
-        domain, problem = self._running(name)
-        if domain is None:
+        domain, disk, job, problem = self._current_job(name, target)
+        if domain is None or disk is None:
             return problem
-        disk = domain.live_disk(target)
-        if disk is None:
-            return _no_disk(name, target)
-        job = self.jobs.get(disk.job) if disk.job is not None else None
         if job is None:
             return _fail(OpError.NO_JOB, f"no active block job on disk '{target}'")
         if job.state is not JobState.RUNNING:
@@ -875,13 +871,9 @@ class Hypervisor:
 
     def block_job_pivot(self, name: str, target: str) -> Outcome:
         """virDomainBlockJobAbort(PIVOT): switch to the new image once libvirt saw READY."""
-        domain, problem = self._running(name)
-        if domain is None:
+        domain, disk, job, problem = self._current_job(name, target)
+        if domain is None or disk is None:
             return problem
-        disk = domain.live_disk(target)
-        if disk is None:
-            return _no_disk(name, target)
-        job = self.jobs.get(disk.job) if disk.job is not None else None
         if job is None or job.kind not in (JobKind.COPY, JobKind.ACTIVE_COMMIT):
             return _fail(OpError.NO_JOB, f"no active block copy or active commit on '{target}'")
         if not job.pivot:
@@ -890,13 +882,9 @@ class Hypervisor:
 
     def block_job_abort(self, name: str, target: str) -> Outcome:
         """virDomainBlockJobAbort: cancel; a copy leaves its destination, the chain unchanged."""
-        domain, problem = self._running(name)
-        if domain is None:
+        domain, disk, job, problem = self._current_job(name, target)
+        if domain is None or disk is None:
             return problem
-        disk = domain.live_disk(target)
-        if disk is None:
-            return _no_disk(name, target)
-        job = self.jobs.get(disk.job) if disk.job is not None else None
         if job is None:
             return _fail(OpError.NO_JOB, f"no active block job on disk '{target}'")
         if job.state is JobState.COMPLETED:
@@ -1022,6 +1010,19 @@ class Hypervisor:
         if not disk.config.path:
             return domain, None, _no_source(target)
         return domain, disk, OK
+
+    def _current_job(
+        self, name: str, target: str
+    ) -> tuple[Domain | None, LiveDisk | None, BlockJob | None, Outcome]:
+        """A running domain's disk and the block job on it, if any."""
+        domain, problem = self._running(name)
+        if domain is None:
+            return None, None, None, problem
+        disk = domain.live_disk(target)
+        if disk is None:
+            return domain, None, None, _no_disk(name, target)
+        job = self.jobs.get(disk.job) if disk.job is not None else None
+        return domain, disk, job, OK
 
     def _chain_for_job(self, domain: Domain, disk: LiveDisk) -> tuple[Chain | None, Outcome]:
         """The chain a job validates against: the cache, probed first if it is empty."""

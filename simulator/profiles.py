@@ -259,31 +259,6 @@ _MODERN_CACHE = CacheRules(
     overlay_qcow2_version=3,
 )
 
-SEED_V2 = Profile(
-    name="seed-v2",
-    summary="Eric Blake's PATCHv2 12/16 as posted (October 2012) over libvirt 1.0's prober",
-    top_format=TopFormatRule.PROBE_IF_ALLOWED,
-    allow_format_probing=False,
-    unrecorded_backing=UnrecordedBackingRule.RAW_UNLESS_PROBING_ALLOWED,
-    qed_unrecorded_always_probed=True,
-    unknown_format_name=UnknownFormatNameRule.AS_UNRECORDED,
-    none_format_name_fails=False,
-    relative_names=RelativeNameRule.CANONICAL,
-    loop_detection=LoopRule.VISITED_PATHS,
-    max_depth=None,
-    header_bound=LIBVIRT_2012_MAX_HEADER,
-    read_rules=_2012_READ,
-    decoder=HeaderDecoder.LIBVIRT,
-    detection=DetectionRule.LIBVIRT_2012,
-    network_backing=NetworkBackingRule.NOT_FOLLOWED,
-    json_backing_names=False,
-    inline_credentials_stop=False,
-    detected_iso_as_raw=False,
-    cache=replace(
-        _2012_CACHE, forced_failure_rc=0, stop_loop=True, reprobe_after=frozenset({"pull"})
-    ),
-)
-
 LIBVIRT_1_0 = Profile(
     name="libvirt-1.0",
     summary="libvirt 1.0.0 (November 2012): the cache as it landed in 4d34c92947e8",
@@ -306,6 +281,16 @@ LIBVIRT_1_0 = Profile(
     detected_iso_as_raw=False,
     cache=_2012_CACHE,
 )
+
+SEED_V2 = replace(
+    LIBVIRT_1_0,
+    name="seed-v2",
+    summary="Eric Blake's PATCHv2 12/16 as posted (October 2012) over libvirt 1.0's prober",
+    cache=replace(
+        _2012_CACHE, forced_failure_rc=0, stop_loop=True, reprobe_after=frozenset({"pull"})
+    ),
+)
+"""The posted patch shares 1.0's prober; it differs in the cache rules the review discussed."""
 
 LIBVIRT_MODERN = Profile(
     name="libvirt-modern",
