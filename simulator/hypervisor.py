@@ -1114,6 +1114,8 @@ class Hypervisor:
                 else:
                     top = Layer(job.destination, "qcow2", index=mirror.top_index)
                     mirror.chain = Chain((top,), True)
+                    # Nothing is probed: a fault on the destination while the job ran stays.
+                    mirror.stale_reason = disk.stale_reason
             else:
                 outcome = self.determine_disk_chain(domain, mirror, False)
                 if not outcome.ok:
