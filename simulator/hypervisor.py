@@ -19,8 +19,8 @@ from enum import StrEnum
 from simulator import backing as backing_names
 from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKind, JobState
 from simulator.formats import qcow2
-from simulator.formats.detect import LIBVIRT_BACKING_FORMATS
 from simulator.formats.header import Header, HeaderRejected, decode_c_name
+from simulator.formats.names import LIBVIRT_BACKING_FORMATS
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.prober import Prober
 from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule

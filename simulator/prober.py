@@ -8,21 +8,12 @@ rule that changed over time is asked of the profile.
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from simulator import backing as backing_names
-from simulator.formats import cow, qcow, qcow2, qed, vmdk
-from simulator.formats.detect import (
-    LIBVIRT_BACKING_FORMATS,
-    LIBVIRT_FORMAT_NAMES,
-    detect_libvirt,
-    detect_libvirt_2012,
-    detect_qemu,
-    libvirt_capacity,
-)
+from simulator.formats import qcow2
 from simulator.formats.header import (
     Header,
     HeaderInfo,
@@ -30,7 +21,7 @@ from simulator.formats.header import (
     NeedMoreBytes,
     decode_c_name,
 )
-from simulator.formats.plain import qemu_virtual_size
+from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.profiles import (
     DetectionRule,
@@ -276,6 +267,8 @@ class _LibvirtWalk:
         return self._next(layer, info)
 
     def _detect(self, reader: _HeaderReader, filename: str) -> str:
+        from simulator.formats.detect import detect_libvirt, detect_libvirt_2012
+
         if self.profile.detection is DetectionRule.LIBVIRT_2012:
             return detect_libvirt_2012(reader.header(FIRST_READ), filename)
         header = reader.header(FIRST_READ)
@@ -294,6 +287,10 @@ class _LibvirtWalk:
             )
         if format == "qcow2":
             return reader.decode(lambda header: qcow2.decode_libvirt(header, rules))
+        # The other formats' modules load only when a chain holds them: the CLI starts faster.
+        from simulator.formats import cow, qcow, qed, vmdk
+        from simulator.formats.detect import libvirt_capacity
+
         if format == "qcow":
             return reader.decode(lambda header: qcow.decode_libvirt(header, rules))
         if format == "qed":
@@ -440,16 +437,16 @@ class _QemuWalk:
         filename, format = self._file_of(name, format)
         if format is not None and format not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
             raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{format}'", name)
-        if self.storage.kind(filename) is FileKind.DIR:
-            raise ChainError(
-                ErrorCode.READ_FAILED,
-                f"Could not open '{filename}': 'file' driver requires '{filename}' "
-                "to be a regular file",
-                name,
-            )
         try:
             image = self.storage.open(filename)
         except OSError as error:
+            if error.errno == errno.EISDIR:
+                raise ChainError(
+                    ErrorCode.READ_FAILED,
+                    f"Could not open '{filename}': 'file' driver requires '{filename}' "
+                    "to be a regular file",
+                    name,
+                ) from None
             code = _qemu_open_code(error, is_top)
             reason = error.strerror or str(error)
             raise ChainError(
@@ -460,6 +457,8 @@ class _QemuWalk:
         try:
             reader = self.prober.read_header(image, QEMU_HEADER_LIMIT)
             if format is None:
+                from simulator.formats.detect import detect_qemu
+
                 format = detect_qemu(reader.first(512), filename)
             info, extents = self._decode(reader, format, filename, image.size)
         except HeaderRejected as rejected:
@@ -494,6 +493,9 @@ class _QemuWalk:
     ) -> tuple[HeaderInfo, tuple[bytes, ...]]:
         if format == "qcow2":
             return reader.decode(qcow2.decode_qemu), ()
+        from simulator.formats import qcow, qed, vmdk
+        from simulator.formats.plain import qemu_virtual_size
+
         if format == "qcow":
             return reader.decode(qcow.decode_qemu), ()
         if format == "qed":
@@ -554,6 +556,8 @@ def _network_backing(name: str) -> ChainError:
 
 def _qemu_json_file(name: str, recorded: str | None) -> tuple[str, str | None]:
     """How qemu-img opens a json: name: the recorded format, if any, wins over the json driver."""
+    import json
+
     try:
         document = json.loads(name.removeprefix("json:"))
     except ValueError as error:

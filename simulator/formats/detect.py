@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from simulator.formats.header import Header
+from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -88,29 +89,8 @@ LIBVIRT_2012_TABLE: tuple[MagicRule, ...] = (
 
 LIBVIRT_2012_SUFFIXES = ((".dmg", "dmg"), (".iso", "iso"))
 
-LIBVIRT_FORMAT_NAMES = (
-    "none",
-    "raw",
-    "dir",
-    "bochs",
-    "cloop",
-    "dmg",
-    "iso",
-    "vpc",
-    "vdi",
-    "fat",
-    "vhd",
-    "ploop",
-    "cow",
-    "qcow",
-    "qcow2",
-    "qed",
-    "vmdk",
-)
-"""virStorageFileFormat's names in enum order (virStorageFileFormatTypeFromString)."""
 
-LIBVIRT_BACKING_FORMATS = frozenset({"cow", "qcow", "qcow2", "qed", "vmdk"})
-"""Formats at or past VIR_STORAGE_FILE_BACKING: the ones libvirt follows backing chains of."""
+__all__ = ["LIBVIRT_BACKING_FORMATS", "LIBVIRT_FORMAT_NAMES", "detect_libvirt", "detect_qemu"]
 
 
 def _version_matches(rule: MagicRule, header: Header) -> bool:

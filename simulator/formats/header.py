@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 _U16BE = struct.Struct(">H")
 _U32BE = struct.Struct(">I")
@@ -78,6 +79,16 @@ class Header:
         if len(raw) < codec.size:
             raise HeaderRejected(f"header too short: {codec.size} bytes wanted at offset {offset}")
         return int(codec.unpack(raw)[0])
+
+    def unpack(self, codec: struct.Struct, offset: int) -> tuple[Any, ...]:
+        """Several fields at once (a struct layout), with the same clipping as one number."""
+        end = offset + codec.size
+        if end <= len(self.data) and end <= self.length:
+            return codec.unpack_from(self.data, offset)
+        raw = self.get(offset, end)
+        if len(raw) < codec.size:
+            raise HeaderRejected(f"header too short: {codec.size} bytes wanted at offset {offset}")
+        return codec.unpack(raw)
 
     def u16be(self, offset: int) -> int:
         return self._number(_U16BE, offset)

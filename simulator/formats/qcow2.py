@@ -131,37 +131,52 @@ def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> 
     return tuple(found)
 
 
+V2_FIELDS = struct.Struct(">4sIQIIQIIQQIIQ")
+"""magic, version, backing offset and size, cluster bits, size, crypt method, L1 size and
+offset, refcount table offset and clusters, snapshot count and offset: the v2 header."""
+V3_FIELDS = struct.Struct(">QQQII")
+"""incompatible, compatible and autoclear features, refcount order, header length."""
+
+
 def decode_qemu(header: Header) -> HeaderInfo:
     """qemu 7.2's qcow2_do_open checks that ``qemu-img info`` meets, in the same order.
 
     qemu reads past the end of a file as zeros, and so does this decoder.
     """
     header = header.zero_filled()
-    if header.get(0, 4) != MAGIC:
+    (
+        magic,
+        version,
+        backing_offset,
+        backing_size,
+        cluster_bits,
+        size,
+        crypt,
+        l1_size,
+        l1_offset,
+        refcount_offset,
+        _refcount_clusters,
+        _snapshot_count,
+        snapshots_offset,
+    ) = header.unpack(V2_FIELDS, 0)
+    if magic != MAGIC:
         raise HeaderRejected("Image is not in qcow2 format")
-    version = header.u32be(4)
     if version < 2 or version > 3:
         raise HeaderRejected(f"Unsupported qcow2 version {version}")
-    cluster_bits = header.u32be(20)
     if cluster_bits < 9 or cluster_bits > 21:
         raise HeaderRejected(f"Unsupported cluster size: 2^{cluster_bits}")
     cluster_size = 1 << cluster_bits
-    incompatible = compatible = autoclear = 0
-    compression_type = 0
-    if version == 2:
-        header_length = V2_HEADER_LENGTH
-    else:
-        header_length = header.u32be(100)
+    incompatible = compatible = autoclear = refcount_order = compression_type = 0
+    header_length = V2_HEADER_LENGTH
+    if version == 3:
+        v3 = header.unpack(V3_FIELDS, V2_HEADER_LENGTH)
+        incompatible, compatible, autoclear, refcount_order, header_length = v3
         if header_length < V3_HEADER_LENGTH:
             raise HeaderRejected("qcow2 header too short")
         if header_length > cluster_size:
             raise HeaderRejected("qcow2 header exceeds cluster size")
-        incompatible = header.u64be(72)
-        compatible = header.u64be(80)
-        autoclear = header.u64be(88)
         if header_length > V3_HEADER_LENGTH:
             compression_type = header.get(104, 105)[0]
-    backing_offset = header.u64be(8)
     if backing_offset > cluster_size:
         raise HeaderRejected("Invalid backing file offset")
     unknown = incompatible & ~INCOMPAT_KNOWN
@@ -169,34 +184,48 @@ def decode_qemu(header: Header) -> HeaderInfo:
         raise HeaderRejected(
             f"Unsupported qcow2 feature(s): Unknown incompatible feature: {unknown:x}"
         )
-    if version == 3 and header.u32be(96) > 6:
+    if refcount_order > 6:
         raise HeaderRejected("Reference count entry width too large; may not exceed 64 bits")
-    crypt = header.u32be(32)
     if crypt not in _CRYPT_NAMES and crypt != 0:
         raise HeaderRejected(f"Unsupported encryption method {crypt}")
     _check_compression_type(compression_type, incompatible)
-    _check_table_offsets(header, cluster_size, incompatible)
+    for offset, table in (
+        (refcount_offset, "Reference count table"),
+        (snapshots_offset, "Snapshot table"),
+    ):
+        assert isinstance(offset, int)
+        if offset % cluster_size:
+            raise HeaderRejected(f"{table} offset invalid")
+    entry_size = 16 if incompatible & INCOMPAT_EXTENDED_L2 else 8
+    l1_needed = -(-size // (cluster_size * (cluster_size // entry_size)))
+    if l1_needed > 0x7FFFFFFF:
+        raise HeaderRejected("Image is too big")
+    if l1_size < l1_needed:
+        raise HeaderRejected("L1 table is too small")
+    if l1_offset % cluster_size:
+        raise HeaderRejected("Active L1 table offset invalid")
     ext_end = backing_offset if backing_offset else cluster_size
     extensions = _qemu_extensions(header, header_length, ext_end)
     name = None
     if backing_offset:
-        length = header.u32be(16)
-        if length > min(1023, cluster_size - backing_offset):
+        if backing_size > min(1023, cluster_size - backing_offset):
             raise HeaderRejected("Backing file name too long")
-        raw = header.get(backing_offset, backing_offset + length)
+        raw = header.get(backing_offset, backing_offset + backing_size)
         name = raw.split(b"\0", 1)[0] or None
     records = extensions.backing_formats if name is not None else ()
     data_file = extensions.data_file if incompatible & INCOMPAT_DATA_FILE else None
+    features = _feature_names(incompatible, compatible)
+    if autoclear & AUTOCLEAR_DATA_FILE_RAW:
+        features |= {"data-file-raw"}
     return HeaderInfo(
         format="qcow2",
-        virtual_size=header.u64be(24) // 512 * 512,
+        virtual_size=size // 512 * 512,
         backing_name=name,
         backing_format_records=records,
         version=version,
         cluster_size=cluster_size,
         compat="0.10" if version == 2 else "1.1",
-        features=_feature_names(incompatible, compatible)
-        | (frozenset({"data-file-raw"}) if autoclear & AUTOCLEAR_DATA_FILE_RAW else frozenset()),
+        features=features,
         data_file=data_file,
         encryption=_CRYPT_NAMES.get(crypt),
     )
@@ -210,22 +239,6 @@ def _check_compression_type(compression_type: int, incompatible: int) -> None:
         raise HeaderRejected("qcow2: Compression type incompatible feature bit must not be set")
     if compression_type != 0 and not incompatible & INCOMPAT_COMPRESSION:
         raise HeaderRejected("qcow2: Compression type incompatible feature bit must be set")
-
-
-def _check_table_offsets(header: Header, cluster_size: int, incompatible: int) -> None:
-    """qcow2_validate_table and the L1 size checks, in qcow2_do_open's order."""
-    for offset_at, name in ((48, "Reference count table"), (64, "Snapshot table")):
-        if header.u64be(offset_at) % cluster_size:
-            raise HeaderRejected(f"{name} offset invalid")
-    entry_size = 16 if incompatible & INCOMPAT_EXTENDED_L2 else 8
-    bytes_per_l1_entry = cluster_size * (cluster_size // entry_size)
-    l1_needed = -(-header.u64be(24) // bytes_per_l1_entry)
-    if l1_needed > 0x7FFFFFFF:
-        raise HeaderRejected("Image is too big")
-    if header.u32be(36) < l1_needed:
-        raise HeaderRejected("L1 table is too small")
-    if header.u64be(40) % cluster_size:
-        raise HeaderRejected("Active L1 table offset invalid")
 
 
 @dataclass(frozen=True)
@@ -311,8 +324,7 @@ def encode(image: Qcow2Image) -> bytes:
         raise ValueError("virtual size too large for a single refcount block")
 
     incompatible = INCOMPAT_DATA_FILE if image.data_file is not None else 0
-    fields = struct.pack(
-        ">4sIQIIQIIQQIIQ",
+    fields = V2_FIELDS.pack(
         MAGIC,
         image.version,
         backing_offset,
