@@ -500,7 +500,8 @@ class Hypervisor:
                 job = self.jobs.get(event.job)
                 owner = self.domains.get(event.domain)
                 live = owner.live_disk(event.target) if owner else None
-                if job is not None and live is not None and job.state is JobState.COMPLETED:
+                ended = (JobState.COMPLETED, JobState.FAILED)
+                if job is not None and live is not None and job.state in ended:
                     self._finish_job(live, job)
             self.events.pending.clear()
         return OK

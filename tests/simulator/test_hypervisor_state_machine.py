@@ -1127,12 +1127,6 @@ def test_copy_destination_deleted_before_pivot_opens_a_window_modern(workdir):
     assert hv.violations() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator bug: a 2012 daemon restart loses the pending events and ends the jobs "
-    "qemu completed, but not the ones qemu failed; the failed job stays on the disk and "
-    "refuses new jobs until an explicit abort",
-)
 @pytest.mark.parametrize("profile_name", ["seed-v2", "libvirt-1.0"])
 def test_failed_job_whose_event_a_restart_lost_ends_2012(workdir, profile_name):
     hv = _hv(profile_name)
