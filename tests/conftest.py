@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", database=None, derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    # CI runs the same examples every time: a failure there is one a developer can replay.
+    settings.load_profile("ci")
 
 QEMU_IMG_MISSING = "qemu-img is not on PATH; these tests build real images with it"
 
