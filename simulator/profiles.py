@@ -294,7 +294,7 @@ SEED_V2 = replace(
 
 LIBVIRT_MODERN = Profile(
     name="libvirt-modern",
-    summary="libvirt 6.1-9.x with -blockdev (checked against libvirt 9.0)",
+    summary="libvirt 6.1-9.x with -blockdev, as libvirt 9.0 implements it",
     top_format=TopFormatRule.RAW,
     allow_format_probing=False,
     unrecorded_backing=UnrecordedBackingRule.PROBE_IF_NO_BACKING,
