@@ -248,21 +248,6 @@ class HypervisorMachine(RuleBasedStateMachine):
         """A qcow2 image as the era's qemu-img writes it (v2 in 2012, v3 since)."""
         return qcow2_bytes(backing, fmt, self.cache.overlay_qcow2_version)
 
-    # -- guards for the bugs kept as xfail tests below -------------------------------------
-    #
-    # The machine steps around each known simulator bug so that it can look for others.
-    # Remove a guard when its xfail test starts passing.
-
-    def copy_destination(self, path: str) -> bool:
-        """test_copy_destination_deleted_before_pivot_...: a fault on a mirror marks its
-        disk, but the pivot then replaces the mark with the mirror's own (none)."""
-        return any(job.destination == path for job in self.hv.jobs.values())
-
-    def failed_job_kept_by_restart(self) -> bool:
-        """test_failed_job_whose_event_a_restart_lost_ends_2012: the restart that loses
-        the events ends the completed jobs but keeps the failed ones."""
-        return not self.cache.survives_restart
-
     # -- images -------------------------------------------------------------------------
 
     def make_chain(self, stem: str, relative: bool, recorded: bool) -> list[str]:
@@ -763,8 +748,6 @@ class HypervisorMachine(RuleBasedStateMachine):
             return
         image = data.draw(st.sampled_from(files), label="file")
         path = self.path(image)
-        if self.copy_destination(path):
-            return
         other = data.draw(st.none() | st.sampled_from(files), label="new backing")
         recorded = data.draw(st.booleans(), label="backing format recorded")
         fmt = self.formats.get(other, "raw") if other and recorded else None
@@ -809,8 +792,6 @@ class HypervisorMachine(RuleBasedStateMachine):
             disk = self.disk_of(job.domain, job.target)
             assert disk is not None, f"job {job.id} outlives its disk or domain"
             assert disk.job == job.id, f"job {job.id} is not its disk's job"
-            if job.state is JobState.FAILED and self.failed_job_kept_by_restart():
-                continue
             if job.state in (JobState.COMPLETED, JobState.FAILED):
                 # qemu is done with it; libvirt has yet to handle the event
                 assert any(e.job == job.id for e in self.hv.events.pending), (
@@ -893,9 +874,10 @@ TestLibvirtModern.settings = MACHINE_SETTINGS
 # --------------------------------------------------------------------------- bugs found
 #
 # Each test is the shrunk counterexample of one failure of the machine above, replayed
-# by hand. An open bug is xfail(strict=True): once the simulator is fixed the test
-# passes, the strict xfail turns that into a failure, and then the xfail and the
-# matching guard in HypervisorMachine come out. Fixed bugs stay as regression tests.
+# by hand. An open bug is xfail(strict=True), and the machine steps around it with a
+# guard (a method named after the test) so that it can look for others; once the
+# simulator is fixed the strict xfail fails, and the xfail and the guard come out.
+# Fixed bugs stay as regression tests.
 
 
 def _hv(profile_name: str) -> Hypervisor:
@@ -941,8 +923,8 @@ def workdir():
 @pytest.mark.parametrize("profile_name", PROFILE_NAMES)
 @pytest.mark.parametrize("job", ["pull", "commit", "copy"])
 def test_block_job_on_empty_cdrom_is_refused(workdir, profile_name, job):
-    """Found by the machine, fixed in add8612: a block job on an empty cdrom trips an assert in
-    _chain_for_job (determine_disk_chain returns 0 for an empty source and leaves no chain)."""
+    """Found by the machine, fixed in add8612: a block job on an empty cdrom tripped an assert
+    in _chain_for_job (determine_disk_chain returns 0 for an empty source, with no chain)."""
     hv = _hv(profile_name)
     _empty_cdrom_domain(hv, workdir)
     calls = {
@@ -954,8 +936,8 @@ def test_block_job_on_empty_cdrom_is_refused(workdir, profile_name, job):
 
 
 def test_snapshot_of_empty_cdrom_is_refused_modern(workdir):
-    """Found by the machine, fixed in add8612: a modelled snapshot of an empty cdrom asserts a
-    chain that determine_disk_chain never made (empty sources have none)."""
+    """Found by the machine, fixed in add8612: a modelled snapshot of an empty cdrom asserted
+    a chain that determine_disk_chain never made (empty sources have none)."""
     hv = _hv("libvirt-modern")
     _empty_cdrom_domain(hv, workdir)
     _refused(lambda: hv.snapshot("tr0", CDROM, os.path.join(workdir, "snap.qcow2")))
@@ -990,9 +972,9 @@ def test_unreadable_raw_disk_is_not_a_violation_modern(workdir):
 
 
 def test_unreadable_raw_disk_is_not_a_violation_after_a_snapshot_modern(workdir):
-    """Found by the machine, fixed in add8612: an unreadable raw image admitted by R4 without being
-    opened becomes a backing layer through a modelled snapshot; a fresh probe reads its header
-    and fails, and no stale_reason covers the divergence."""
+    """Found by the machine, fixed in add8612: an unreadable raw image that R4 admits without
+    opening it became a backing layer through a modelled snapshot; a fresh probe read its
+    header and failed, and no stale_reason covered the divergence."""
     hv = _hv("libvirt-modern")
     path = _raw(workdir)
     hv.make_unreadable(path)  # before the domain exists: no cache names it yet
@@ -1004,9 +986,9 @@ def test_unreadable_raw_disk_is_not_a_violation_after_a_snapshot_modern(workdir)
 @pytest.mark.parametrize("profile_name", PROFILE_NAMES)
 @pytest.mark.parametrize("fault", ["delete", "replace-raw"])
 def test_commit_step_after_its_parent_image_changed_does_not_raise(workdir, profile_name, fault):
-    """Found by the machine, fixed in add8612: job_step rewrites the commit's parent header through
-    its path; when that backing file was deleted or replaced after the job started (qemu still
-    holds it open), job_step raises FileNotFoundError or HeaderRejected."""
+    """Found by the machine, fixed in add8612: job_step rewrote the commit's parent header
+    through its path, so when that backing file was deleted or replaced after the job
+    started (qemu still holds it open) it raised FileNotFoundError or HeaderRejected."""
     hv = _hv(profile_name)
     version = hv.rules.overlay_qcow2_version
     base, mid, parent = _chain_files(workdir, version=version)
@@ -1074,17 +1056,15 @@ def test_commit_delete_of_a_shared_backing_marks_the_other_cache_stale(workdir):
 
 
 def test_commit_rewriting_a_shared_backing_marks_the_other_cache_stale(workdir):
-    """Found by the machine, fixed in add8612: the header qemu rewrites for one domain's commit is
-    a backing file of another domain, whose cache is neither marked stale nor protected (1.0 had
-    no image locking), so violations() fires."""
+    """Found by the machine, fixed in add8612: the header qemu rewrote for one domain's commit
+    was a backing file of another domain, whose cache was neither marked stale nor protected
+    (1.0 had no image locking), so violations() fired."""
     hv = _hv("libvirt-1.0")
     base, mid, shared = _chain_files(workdir, version=2)
-    tops = []
     for name in ("a", "b"):
         top = os.path.join(workdir, f"{name}.qcow2")
         with open(top, "wb") as image:
             image.write(qcow2_bytes(shared, "qcow2", version=2))
-        tops.append(top)
         assert hv.create(name, [DiskConfig("vda", top, "qcow2")]).ok
     assert len(hv.chain("b", "vda") or ()) == 4
     # a: commit mid into base; qemu rewrites shared's header to name base.
@@ -1096,8 +1076,8 @@ def test_commit_rewriting_a_shared_backing_marks_the_other_cache_stale(workdir):
 
 def test_reuse_snapshot_into_an_image_of_its_own_chain_keeps_indexes_unique(workdir):
     """Found by the machine, fixed in add8612: a REUSE_EXT snapshot into the disk's own active
-    image is accepted; the modelled chain names that file twice, and a pull down to it keeps the
-    first match (names.index), duplicating the top layer and its index."""
+    image was accepted; the modelled chain named that file twice, and a pull down to it kept
+    the first match (names.index), duplicating the top layer and its index."""
     hv = _hv("libvirt-modern")
     _, _, top = _chain_files(workdir)
     assert hv.create("tr0", [DiskConfig("vda", top, "qcow2")]).ok
@@ -1115,6 +1095,9 @@ def test_reuse_snapshot_into_an_image_of_its_own_chain_keeps_indexes_unique(work
 
 
 def test_copy_destination_deleted_before_pivot_opens_a_window_modern(workdir):
+    """Found by the machine, fixed in 629f05f: a copy destination deleted behind libvirt's
+    back before the pivot opened no window, and the modelled pivot (no probe, S21) left
+    the chain [destination] for violations() to report."""
     hv = _hv("libvirt-modern")
     _, _, top = _chain_files(workdir)
     destination = os.path.join(workdir, "copy.qcow2")
@@ -1129,6 +1112,8 @@ def test_copy_destination_deleted_before_pivot_opens_a_window_modern(workdir):
 
 @pytest.mark.parametrize("profile_name", ["seed-v2", "libvirt-1.0"])
 def test_failed_job_whose_event_a_restart_lost_ends_2012(workdir, profile_name):
+    """Found by the machine, fixed in 1107a39: a 2012 restart that lost the events ended
+    the jobs qemu completed but kept the ones qemu failed, refusing new jobs."""
     hv = _hv(profile_name)
     base, mid, parent = _chain_files(workdir, version=2)
     top = os.path.join(workdir, "top2.qcow2")
