@@ -20,16 +20,14 @@ from simulator import backing as backing_names
 from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKind, JobState
 from simulator.formats import qcow2
 from simulator.formats.header import Header, HeaderRejected, decode_c_name
-from simulator.formats.names import LIBVIRT_BACKING_FORMATS
+from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.prober import Prober
 from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule
 from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
 
 DEFAULT_SIZE = 1 << 20
-NON_BACKING_FORMATS = frozenset(
-    {"raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat", "vhd", "ploop"}
-)
+NON_BACKING_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - LIBVIRT_BACKING_FORMATS - {"none"}
 """libvirt's formats below VIR_STORAGE_FILE_BACKING: never opened to read a header."""
 
 
@@ -1312,7 +1310,6 @@ def _unlink_quietly(path: str) -> None:
 
 
 __all__ = [
-    "LIBVIRT_BACKING_FORMATS",
     "BackingSpec",
     "Counters",
     "DiskConfig",

@@ -21,7 +21,7 @@ from simulator.formats.header import (
     NeedMoreBytes,
     decode_c_name,
 )
-from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
+from simulator.formats.names import LIBVIRT_FORMAT_NAMES
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.profiles import (
     DetectionRule,
@@ -619,4 +619,4 @@ def probe(path: str, profile: Profile, format: str | None = None) -> Chain:
     return Prober(profile).probe(path, format)
 
 
-__all__ = ["LIBVIRT_BACKING_FORMATS", "ProbeStats", "Prober", "probe"]
+__all__ = ["ProbeStats", "Prober", "probe"]

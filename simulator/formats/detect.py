@@ -12,7 +12,6 @@ import struct
 from dataclasses import dataclass
 
 from simulator.formats.header import Header
-from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,6 @@ LIBVIRT_2012_TABLE: tuple[MagicRule, ...] = (
 """libvirt 1.0's table (storage_file.c), enum order; iso and dmg went by file name suffix."""
 
 LIBVIRT_2012_SUFFIXES = ((".dmg", "dmg"), (".iso", "iso"))
-
-
-__all__ = ["LIBVIRT_BACKING_FORMATS", "LIBVIRT_FORMAT_NAMES", "detect_libvirt", "detect_qemu"]
 
 
 def _version_matches(rule: MagicRule, header: Header) -> bool:
