@@ -10,11 +10,12 @@ operations that read a stale cache.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from simulator.formats.qcow2 import Qcow2Image, encode
 from simulator.hypervisor import Counters, DiskConfig, Hypervisor, Outcome
+from simulator.model import Chain
 from simulator.profiles import Profile
 
 SIZE = 1 << 20
@@ -108,16 +109,22 @@ def _pull(hv: Hypervisor, _d: str) -> Outcome:
 
 
 def _commit_below_top(hv: Hypervisor, _d: str) -> Outcome:
-    """Commit the layer under the active one into the layer below it (an intermediate commit)."""
+    """Commit the layer under the active one into the layer below it (an intermediate commit).
+
+    The layers are named by path, as a user who knows their files names them; when nothing
+    is cached (a 2012 daemon after a snapshot or restart) the names come from the files,
+    uncounted, and the commit itself probes as libvirt would.
+    """
     chain = hv.chain("vm", "vda")
     if chain is None:
-        # Nothing cached (a 2012 daemon after a restart): name the layers by depth.
-        outcome = hv.block_commit("vm", "vda", top="vda[1]", base="vda[2]")
-    elif len(chain) < 3:
-        outcome = hv.block_commit("vm", "vda", top="vda[1]")
-    else:
-        top, base = chain.layers[1].filename, chain.layers[2].filename
-        outcome = hv.block_commit("vm", "vda", top=top, base=base)
+        domain = hv.domains["vm"]
+        disk = domain.live_disk("vda")
+        truth = hv.fresh_chain(disk.config) if disk is not None else None
+        chain = truth if isinstance(truth, Chain) else None
+    if chain is None or len(chain) < 2:
+        return hv.block_commit("vm", "vda", top="vda[1]")
+    base = chain.layers[2].filename if len(chain) >= 3 else None
+    outcome = hv.block_commit("vm", "vda", top=chain.layers[1].filename, base=base)
     return _finish_job(hv) if outcome.ok else outcome
 
 
@@ -152,50 +159,45 @@ def vm_lifetime(depth: int = 3, snapshots: int = 6) -> Workload:
     )
 
 
+def _cycles(
+    name: str, description: str, depth: int, count: int, cycle: Sequence[tuple[str, Step]]
+) -> Workload:
+    """Start, ``count`` repetitions of ``cycle`` (snapshots numbered per cycle), stop."""
+    steps: list[tuple[str, Step]] = [("start", _start)]
+    for number in range(count):
+        for label, step in cycle:
+            steps.append((label, _snapshot(number) if step is _snapshot_placeholder else step))
+    steps.append(("stop", _stop))
+    return Workload(name, description, depth, tuple(steps))
+
+
+def _snapshot_placeholder(hv: Hypervisor, directory: str) -> Outcome:
+    """Stands in a cycle for the cycle's own numbered snapshot."""
+    raise AssertionError("replaced by _cycles")
+
+
+SNAPSHOT = ("snapshot", _snapshot_placeholder)
+COMMIT = ("commit below the top", _commit_below_top)
+RESTART = ("daemon restart", _restart)
+
+
 def snapshot_storm(depth: int = 2, snapshots: int = 20) -> Workload:
     """Backups by snapshot: many snapshots, each followed by a commit back (a backup cycle)."""
-    steps: list[tuple[str, Step]] = [("start", _start)]
-    for number in range(snapshots):
-        steps.append((f"snapshot {number}", _snapshot(number)))
-        steps.append(("commit below the top", _commit_below_top))
-    steps.append(("stop", _stop))
-    return Workload(
-        f"snapshot-storm-{depth}",
-        f"{depth}-layer disk: {snapshots} snapshot-and-commit cycles",
-        depth,
-        tuple(steps),
-    )
+    description = f"{depth}-layer disk: {snapshots} snapshot-and-commit cycles"
+    return _cycles(f"snapshot-storm-{depth}", description, depth, snapshots, [SNAPSHOT, COMMIT])
 
 
 def restarts(depth: int = 50, count: int = 10) -> Workload:
     """A long chain and a daemon restarted often while jobs run."""
-    steps: list[tuple[str, Step]] = [("start", _start)]
-    for number in range(count):
-        steps.append((f"snapshot {number}", _snapshot(number)))
-        steps.append(("daemon restart", _restart))
-        steps.append(("commit below the top", _commit_below_top))
-    steps.append(("stop", _stop))
-    return Workload(
-        f"restarts-{depth}",
-        f"{depth}-layer disk: {count} cycles of snapshot, daemon restart, commit",
-        depth,
-        tuple(steps),
-    )
+    description = f"{depth}-layer disk: {count} cycles of snapshot, daemon restart, commit"
+    cycle = [SNAPSHOT, RESTART, COMMIT]
+    return _cycles(f"restarts-{depth}", description, depth, count, cycle)
 
 
 def jobs_after_restart(depth: int = 20, count: int = 10) -> Workload:
     """Restarts between block jobs with no snapshot in between: where a kept chain pays."""
-    steps: list[tuple[str, Step]] = [("start", _start)]
-    for _number in range(count):
-        steps.append(("daemon restart", _restart))
-        steps.append(("commit below the top", _commit_below_top))
-    steps.append(("stop", _stop))
-    return Workload(
-        f"jobs-after-restart-{depth}",
-        f"{depth}-layer disk: {count} cycles of daemon restart then commit",
-        depth,
-        tuple(steps),
-    )
+    description = f"{depth}-layer disk: {count} cycles of daemon restart then commit"
+    return _cycles(f"jobs-after-restart-{depth}", description, depth, count, [RESTART, COMMIT])
 
 
 STANDARD = (vm_lifetime(), snapshot_storm(), restarts(), jobs_after_restart())
