@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= run
 
-.PHONY: run test lint typecheck pytest qemu-img clean
+.PHONY: run test lint typecheck pytest qemu-img venv libvirtd clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
+venv: $(STAMP)
+
 qemu-img:
 	@scripts/ensure-qemu-img
+
+# A libvirt daemon for the libvirt cases (root): without one they are skipped.
+libvirtd: $(STAMP)
+	VENV=$(VENV) scripts/libvirtd-service start
 
 run: $(STAMP) qemu-img
 	$(BIN)/python scripts/run-suite $(RUN_DIR)

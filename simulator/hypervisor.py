@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -28,6 +29,8 @@ from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
 
 DEFAULT_SIZE = 1 << 20
 NON_BACKING_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - LIBVIRT_BACKING_FORMATS - {"none"}
+DEFINABLE_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - {"none"}
+"""The format names a disk definition accepts (virStorageFileFormatTypeFromString > 0)."""
 """libvirt's formats below VIR_STORAGE_FILE_BACKING: never opened to read a header."""
 
 
@@ -205,6 +208,8 @@ class Hypervisor:
         self.jobs: dict[int, BlockJob] = {}
         self.events = EventQueue()
         self.counters = Counters()
+        self.prober_seconds = 0.0
+        """Time spent in counted probes (perf_counter): measured, so kept out of ``counters``."""
         self.granted: dict[str, set[str]] = {}
         """Files each running domain was granted access to (cgroup ACLs and labels)."""
         self._next_job = 1
@@ -215,12 +220,17 @@ class Hypervisor:
         """One counted probe, as libvirt's crawler does it."""
         prober = Prober(self.profile, self.storage)
         self.counters.probes += 1
+        if not os.path.isabs(path):
+            self.counters.failed_probes += 1
+            raise _relative_source(path)
+        started = time.perf_counter()
         try:
             return prober.probe(path, format)
         except ChainError:
             self.counters.failed_probes += 1
             raise
         finally:
+            self.prober_seconds += time.perf_counter() - started
             self.counters.header_bytes_read += prober.stats.header_bytes_read
             writing = self.open_for_writing()
             self.counters.probes_of_open_files += sum(
@@ -234,6 +244,8 @@ class Hypervisor:
         backing), the truth is only whether the file is there.
         """
         path = config.path or ""
+        if not os.path.isabs(path):
+            return _relative_source(path)
         if self.rules.models_jobs and config.format in NON_BACKING_FORMATS:
             if self.storage.kind(path) is None:
                 return ChainError(ErrorCode.NOT_FOUND, f"Cannot access storage file '{path}'")
@@ -282,7 +294,7 @@ class Hypervisor:
             return self._determine_below_known(domain, disk, disk.chain)
         local = config.type in (DiskType.FILE, DiskType.BLOCK)
         if local and config.format in NON_BACKING_FORMATS:
-            if self.storage.kind(config.path) is None:
+            if not os.path.isabs(config.path) or self.storage.kind(config.path) is None:
                 return _fail(
                     ErrorCode.NOT_FOUND.value,
                     f"Cannot access storage file '{config.path}': No such file or directory",
@@ -381,6 +393,19 @@ class Hypervisor:
         layers = tuple(replace(layer, index=depth) for depth, layer in enumerate(chain.layers))
         return Chain(layers, chain.terminated)
 
+    def _number_hotplugged(self, domain: Domain, disk: LiveDisk) -> None:
+        """A hot-plugged chain is numbered anew, top first, after detection numbered its backing.
+
+        libvirt 9.0 gives the layers qemuDomainDetermineDiskChain detects an index
+        each, then qemuDomainPrepareDiskSource gives every layer a new one: the
+        first numbers are used up.
+        """
+        if self.rules.index is not IndexRule.DOMAIN_COUNTER or disk.chain is None:
+            return
+        layers = tuple(replace(layer, index=self._new_index(domain)) for layer in disk.chain.layers)
+        disk.chain = Chain(layers, disk.chain.terminated)
+        disk.top_index = layers[0].index
+
     def _new_index(self, domain: Domain) -> int:
         domain.next_index += 1
         return domain.next_index
@@ -444,7 +469,8 @@ class Hypervisor:
         live = [LiveDisk(config) for config in domain.config]
         domain.next_index = 0
         if self.rules.index is IndexRule.DOMAIN_COUNTER:
-            for disk in live:
+            # qemuProcessPrepareDomainStorage walks the disks from the last one.
+            for disk in reversed(live):
                 if disk.config.path:
                     disk.top_index = self._new_index(domain)
         if not self.rules.chain_needs_cgroup_devices or self.cgroup_devices:
@@ -517,11 +543,10 @@ class Hypervisor:
         if path_problem is not None:
             return path_problem
         disk = LiveDisk(config)
-        if self.rules.index is IndexRule.DOMAIN_COUNTER and config.path:
-            disk.top_index = self._new_index(domain)
         outcome = self.determine_disk_chain(domain, disk, False)
         if not outcome.ok:
             return outcome
+        self._number_hotplugged(domain, disk)
         assert domain.live is not None
         domain.live.append(disk)
         self._grant(name, disk)
@@ -558,11 +583,10 @@ class Hypervisor:
             )
         new_config = replace(disk.config, path=path, format=fmt, backing=())
         candidate = LiveDisk(new_config, top_index=disk.top_index)
-        if self.rules.index is IndexRule.DOMAIN_COUNTER and path:
-            candidate.top_index = self._new_index(domain)
         outcome = self.determine_disk_chain(domain, candidate, False)
         if not outcome.ok:
             return outcome
+        self._number_hotplugged(domain, candidate)
         self._revoke(name, disk, whole_chain=True)
         disk.config = new_config
         disk.top_index = candidate.top_index
@@ -581,6 +605,9 @@ class Hypervisor:
         self, name: str, target: str, overlay: str, *, reuse: bool = False, fmt: str = "qcow2"
     ) -> Outcome:
         """An external disk-only snapshot of one disk: ``overlay`` becomes the active layer."""
+        stopped = self.domains.get(name)
+        if stopped is not None and not stopped.running and self.rules.offline_snapshot:
+            return self._snapshot_offline(stopped, target, overlay, reuse, fmt)
         domain, problem = self._running(name)
         if domain is None:
             return problem
@@ -648,6 +675,36 @@ class Hypervisor:
                 for config in domain.config
             ]
         self.granted.setdefault(name, set()).add(overlay)
+        return OK
+
+    def _snapshot_offline(
+        self, domain: Domain, target: str, overlay: str, reuse: bool, fmt: str
+    ) -> Outcome:
+        """qemuSnapshotCreateInactiveExternal: qemu-img makes the overlay, the config uses it."""
+        config = next((config for config in domain.config if config.target == target), None)
+        if config is None:
+            return _no_disk(domain.name, target)
+        if not os.path.isabs(overlay):
+            return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
+        if not config.path:
+            return _no_source(target)
+        exists = self.storage.kind(overlay) is not None
+        if reuse and not exists:
+            return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
+        if not reuse and exists:
+            return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
+        if not reuse:
+            image = qcow2.Qcow2Image(
+                DEFAULT_SIZE,
+                config.path.encode(),
+                config.format or "raw",
+                self.rules.overlay_qcow2_version,
+            )
+            _write_file(overlay, qcow2.encode(image))
+        domain.config = [
+            replace(other, path=overlay, format=fmt, backing=()) if other is config else other
+            for other in domain.config
+        ]
         return OK
 
     # -- block jobs ---------------------------------------------------------------------
@@ -748,8 +805,9 @@ class Hypervisor:
         if shallow and base_at != top_at + 1:
             return _fail(
                 OpError.BASE_NOT_BELOW_TOP,
+                # libvirt names the disk's source here, not its target.
                 f"base '{chain.layers[base_at].filename}' is not immediately below "
-                f"'{top_name}' in chain for '{target}'",
+                f"'{top_name}' in chain for '{chain.layers[0].filename}'",
             )
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
@@ -793,11 +851,6 @@ class Hypervisor:
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        if reuse and self.rules.models_jobs:
-            mirror = LiveDisk(replace(disk.config, path=destination, format="qcow2", backing=()))
-            outcome = self.determine_disk_chain(domain, mirror, False)
-            if not outcome.ok:
-                return outcome
         if not reuse:
             size = self._virtual_size(disk)
             below = chain.layers[1] if shallow and len(chain) > 1 else None
@@ -976,10 +1029,11 @@ class Hypervisor:
             if config.target in targets:
                 return _fail(OpError.DISK_EXISTS, f"target {config.target} duplicated")
             targets.add(config.target)
-            local = config.type in (DiskType.FILE, DiskType.BLOCK)
-            if local and config.path and not os.path.isabs(config.path):
+            known = config.format is None or config.format in DEFINABLE_FORMATS
+            if self.rules.rejects_unknown_format_names and not known:
                 return _fail(
-                    OpError.INVALID_PATH, f"disk source path '{config.path}' must be absolute"
+                    ErrorCode.UNKNOWN_FORMAT.value,
+                    f"unsupported configuration: unknown driver format value '{config.format}'",
                 )
         return None
 
@@ -1024,8 +1078,9 @@ class Hypervisor:
         return domain, disk, job, OK
 
     def _chain_for_job(self, domain: Domain, disk: LiveDisk) -> tuple[Chain | None, Outcome]:
-        """The chain a job validates against: the cache, probed first if it is empty."""
-        if disk.chain is None:
+        """The chain a job validates against: the cache, probed first if it is empty
+        (or always, when the rules keep no cache)."""
+        if disk.chain is None or not self.rules.reuses_cache:
             outcome = self.determine_disk_chain(domain, disk, False)
             if not outcome.ok:
                 return None, outcome
@@ -1102,19 +1157,24 @@ class Hypervisor:
             if self.rules.index is IndexRule.DOMAIN_COUNTER:
                 mirror.top_index = self._new_index(domain)
             if self.rules.models_jobs:
-                if job.reuse or chain is None:
+                if chain is None:
                     outcome = self.determine_disk_chain(domain, mirror, False)
                     if not outcome.ok:
                         return outcome
-                elif job.shallow:
+                elif job.shallow and not job.reuse:
                     top = Layer(job.destination, "qcow2", index=mirror.top_index)
                     mirror.chain = Chain((top, *chain.layers[1:]), chain.terminated)
                     mirror.stale_reason = disk.stale_reason  # the inherited layers' window
                 else:
+                    # A full copy, or a reused destination: libvirt 9.0 neither inherits
+                    # nor detects what the destination's header records below it.
                     top = Layer(job.destination, "qcow2", index=mirror.top_index)
                     mirror.chain = Chain((top,), True)
                     # Nothing is probed: a fault on the destination while the job ran stays.
                     mirror.stale_reason = disk.stale_reason
+                    fresh = self.fresh_chain(mirror.config)
+                    if job.reuse and (isinstance(fresh, ChainError) or len(fresh) > 1):
+                        mirror.stale_reason = "reused-destination-backing-not-detected"
             else:
                 outcome = self.determine_disk_chain(domain, mirror, False)
                 if not outcome.ok:
@@ -1178,14 +1238,7 @@ class Hypervisor:
 
     def _rewrite_backing(self, path: str, backing: str | None, fmt: str | None) -> None:
         """What qemu writes into an overlay's header when its backing changes."""
-        with open(path, "r+b") as image:
-            first = image.read(qcow2.MAX_CLUSTER_SIZE)
-            cluster = 1 << int.from_bytes(first[20:24], "big")
-            rewritten = qcow2.with_backing(
-                first[:cluster], backing.encode() if backing else None, fmt
-            )
-            image.seek(0)
-            image.write(rewritten)
+        qcow2.rewrite_backing_in_file(path, backing, fmt)
 
     def _virtual_size(self, disk: LiveDisk) -> int:
         if disk.chain is not None and disk.chain.layers[0].virtual_size:
@@ -1225,6 +1278,14 @@ class Hypervisor:
             return
         paths = list(self._walk(disk)) if whole_chain else [disk.config.path or ""]
         granted.difference_update(paths)
+
+
+def _relative_source(path: str) -> ChainError:
+    """A local source named relatively: the daemon resolves it against its own directory, /."""
+    return ChainError(
+        ErrorCode.NOT_FOUND,
+        f"Cannot access storage file '{path}' (as uid:0, gid:0): No such file or directory",
+    )
 
 
 def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) -> int | None:

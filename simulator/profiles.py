@@ -158,7 +158,13 @@ class CacheRules:
     overlay_qcow2_version: int
     """The qcow2 version the era's qemu wrote new overlays in (compat=1.1 default in 1.7)."""
     reuses_cache: bool = True
-    """A non-forced caller uses the cached chain; False probes every time (no cache at all)."""
+    """A non-forced caller (start, hotplug, a block job) uses the cached chain; False probes
+    every time (no cache at all). A rule of the probing (2012) cache; a modelled chain has none."""
+    offline_snapshot: bool = False
+    """A disk-only external snapshot of a shut-off domain creates the overlay and points the
+    definition at it (qemuDomainSnapshotCreateInactiveExternal)."""
+    rejects_unknown_format_names: bool = False
+    """A definition naming an unknown format, or 'none', is refused when parsed."""
 
 
 class HeaderDecoder(StrEnum):
@@ -257,6 +263,8 @@ _MODERN_CACHE = CacheRules(
     depth_limit=QEMU_DRIVER_MAX_DEPTH,
     index=IndexRule.DOMAIN_COUNTER,
     overlay_qcow2_version=3,
+    offline_snapshot=True,
+    rejects_unknown_format_names=True,
 )
 
 LIBVIRT_1_0 = Profile(

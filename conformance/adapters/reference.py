@@ -187,7 +187,9 @@ class ReferenceAdapter:
 
     def _chain(self, args: dict[str, Any]) -> dict[str, Any]:
         domain = self.hypervisor.domains.get(args["domain"])
-        if domain is None or not domain.running:
+        if domain is None:
+            return failed("no-such-domain", f"no domain with matching name '{args['domain']}'")
+        if not domain.running:
             return failed("domain-not-running", f"domain '{args['domain']}' is not running")
         disk = domain.live_disk(args["target"])
         if disk is None:

@@ -23,6 +23,7 @@ SPEC_FORMS: tuple[tuple[str, str], ...] = (
     ("python:MODULE:ATTRIBUTE", "a Python adapter object, imported (a class is instantiated)"),
     ("python:FILE.py:ATTRIBUTE", "a Python adapter object, loaded from a file"),
     ("cmd:COMMAND LINE", "an executable speaking the JSON-lines protocol (PROTOCOL.md)"),
+    ("libvirt[:URI]", "a real libvirt daemon (default qemu:///system) through libvirt-python"),
 )
 """Every form ``open_adapter`` accepts, with what it opens."""
 
@@ -70,6 +71,10 @@ def open_adapter(spec: str, *, timeout: float | None = None) -> Adapter:
         if not command:
             raise AdapterError(f"adapter {spec!r}: no command after 'cmd:'")
         return CmdAdapter(command, timeout if timeout is not None else DEFAULT_CMD_TIMEOUT)
+    if kind == "libvirt":
+        from conformance.adapters.libvirt import DEFAULT_URI, LibvirtAdapter
+
+        return LibvirtAdapter(rest or DEFAULT_URI)
     raise AdapterError(f"unknown implementation {spec!r}; the forms are: {_forms()}")
 
 

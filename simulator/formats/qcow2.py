@@ -396,3 +396,14 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
     if name:
         cluster[new_offset : new_offset + len(name)] = name
     return bytes(cluster)
+
+
+def rewrite_backing_in_file(path: str, backing: str | None, backing_format: str | None) -> None:
+    """Rewrites the backing name and format an existing qcow2 file records, in place."""
+    with open(path, "r+b") as image:
+        first = image.read(MAX_CLUSTER_SIZE)
+        cluster = 1 << Header.of(first).u32be(20)
+        image.seek(0)
+        image.write(
+            with_backing(first[:cluster], backing.encode() if backing else None, backing_format)
+        )
