@@ -4,7 +4,8 @@ For each workload of ``simulator.workloads.STANDARD`` and each policy, prints
 probes, header bytes read, probes of files qemu held open for writing, and
 operations that read a stale chain, as a Markdown table. The policies are the
 named profiles plus two variants of libvirt 1.0's rules: no cache at all, and
-the cache kept in the status XML across daemon restarts (the review's "level 1").
+the cache kept in the status XML across daemon restarts (the review's "level 1"),
+as ``chainsuite study`` defines them; the study runs them on generated lifetimes.
 
     python benchmarks/cache_policies.py
 """
@@ -12,25 +13,15 @@ the cache kept in the status XML across daemon restarts (the review's "level 1")
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 
-from simulator.profiles import PROFILES, Profile
+from conformance.study import policies as study_policies
+from simulator.profiles import Profile
 from simulator.workloads import STANDARD, run
 
 
 def policies() -> dict[str, Profile]:
-    landed = PROFILES["libvirt-1.0"]
-    return {
-        "no cache (1.0 rules, every caller probes)": replace(
-            landed, cache=replace(landed.cache, reuses_cache=False)
-        ),
-        "seed-v2 (live-only cache, as posted)": PROFILES["seed-v2"],
-        "libvirt-1.0 (live-only cache, as landed)": landed,
-        "1.0 + chain kept in status across restarts": replace(
-            landed, cache=replace(landed.cache, survives_restart=True)
-        ),
-        "libvirt-modern (chain modelled, not re-probed)": PROFILES["libvirt-modern"],
-    }
+    """The policies of ``chainsuite study`` (conformance/study.py), by label."""
+    return {policy.label: policy.profile for policy in study_policies()}
 
 
 def main() -> None:

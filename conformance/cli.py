@@ -137,6 +137,154 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("before", metavar="A.json")
     compare.add_argument("after", metavar="B.json")
+    explore = commands.add_parser(
+        "explore",
+        help="look for operation sequences on which an implementation and an oracle differ",
+        description="Run random sequences of lifecycle operations and faults on an "
+        "implementation and on an oracle, compare their answers and cached chains after every "
+        "step, shrink the first difference and write it as a case file (id found.*). Exit "
+        "status: 0 when no difference was found, 1 when one was, 2 for a usage error.",
+    )
+    explore.add_argument("--impl", required=True, help="an implementation spec (see: impls)")
+    explore.add_argument(
+        "--oracle",
+        metavar="IMPL",
+        help="the implementation whose answers are right (default: reference:PROFILE, "
+        "PROFILE being the implementation's)",
+    )
+    explore.add_argument(
+        "--max-examples",
+        type=int,
+        default=200,
+        metavar="N",
+        help="sequences to try before shrinking (default: %(default)s)",
+    )
+    explore.add_argument(
+        "--max-steps",
+        type=int,
+        default=20,
+        metavar="N",
+        help="operations per sequence after the set-up (default: %(default)s)",
+    )
+    explore.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="reproducible run from this seed (no example database is used then)",
+    )
+    explore.add_argument(
+        "--out",
+        default="found",
+        metavar="DIR",
+        help="where a found case is written, never over a file (default: ./%(default)s)",
+    )
+    explore.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for one answer of either side (default: %(default)s)",
+    )
+    explore.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    replay = commands.add_parser(
+        "replay",
+        help="re-run a found case on an implementation and an oracle, showing where they part",
+        description="Run every step of a case file on both sides and print both answers per "
+        "step, marking the first step where they part. Exit status: 0 when they agree, 1 when "
+        "they part, 2 for a usage error.",
+    )
+    replay.add_argument("file", metavar="FILE")
+    replay.add_argument("--impl", required=True, help="an implementation spec (see: impls)")
+    replay.add_argument(
+        "--oracle",
+        metavar="IMPL",
+        help="default: the reference oracle the file records, else reference:PROFILE",
+    )
+    replay.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for one answer of either side (default: %(default)s)",
+    )
+    explain = commands.add_parser(
+        "explain",
+        help="run one of the seed review's edge cases side by side under two profiles",
+        description="Run an edge case the 2012 review raised (a failed forced re-probe, ...) "
+        "on the simulator under each profile, on real images in a temporary directory, and "
+        "show per step what each call returns, what the cache holds and what the user sees. "
+        "Without EDGE-CASE, list them. Exit status: 0, or 2 for an unknown edge case or profile.",
+    )
+    explain.add_argument("edge_case", nargs="?", metavar="EDGE-CASE")
+    explain.add_argument(
+        "--profiles",
+        default="seed-v2,libvirt-1.0",
+        metavar="A,B",
+        help="comma-separated profiles to compare (default: %(default)s; libvirt-modern too)",
+    )
+    explain.add_argument(
+        "--output", "-o", choices=("text", "json"), default="text", help="default: %(default)s"
+    )
+    study = commands.add_parser(
+        "study",
+        help="count what each cache policy costs on generated VM lifetimes",
+        description="Draw VM lifetimes from a seed (attaches, snapshots, pulls, commits, daemon "
+        "restarts, stops; chains of 1-200 layers), run each on the simulated hypervisor under "
+        "every cache policy, and write DIR/study.md, DIR/study.json and DIR/study.png (the plot "
+        "needs matplotlib: pip install 'chainsuite[study]'). Refuses a DIR that holds results "
+        "of an earlier study unless --force is given.",
+    )
+    study.add_argument(
+        "--out", default="study", metavar="DIR", help="output directory (default: ./%(default)s)"
+    )
+    study.add_argument(
+        "--seed", type=int, default=1, metavar="S", help="workload seed (default: %(default)s)"
+    )
+    study.add_argument(
+        "--vms", type=int, default=50, metavar="N", help="VM lifetimes (default: %(default)s)"
+    )
+    study.add_argument("--force", action="store_true", help="overwrite an earlier study in DIR")
+    study.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    mutants = commands.add_parser(
+        "mutants",
+        help="run the catalogue against mutants of the reference and print the kill score",
+        description="Run the catalogue against each mutant of the reference (a libvirt bug "
+        "brought back, or an obvious wrong turn), judged by the expectations of each profile "
+        "the mutant applies to, and print a table: mutant, profile, killed or survived, the "
+        "first case that killed it; then the kill percentage. Only cases the unmutated "
+        "reference passes can kill. Exit status: 0 when every mutant was killed, 1 if one "
+        "survived, 2 for a usage error.",
+    )
+    mutants.add_argument(
+        "--profile",
+        action="append",
+        choices=PROFILE_NAMES,
+        help="only the runs under this profile (repeatable; default: every mutant's profiles)",
+    )
+    mutants.add_argument(
+        "--mutant", "-m", action="append", metavar="ID", help="only this mutant (repeatable)"
+    )
+    mutants.add_argument("--list", action="store_true", help="list the mutants and stop")
+    mutants.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    mutants.add_argument(
+        "--every-case",
+        action="store_true",
+        help="run every case against each mutant and name all that kill it (slower)",
+    )
+    mutants.add_argument(
+        "--explore",
+        type=int,
+        default=0,
+        metavar="N",
+        help="explore up to N sequences against reference:PROFILE for each survivor",
+    )
+    mutants.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="exploration seed (default: %(default)s)"
+    )
+    mutants.add_argument(
+        "--found", metavar="DIR", help="write what exploration finds there as case files"
+    )
+    mutants.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -149,10 +297,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conformance.probe_command import run_probe
 
         return run_probe(args.path, args.format, args.profile, args.output)
+    if args.command == "explain":
+        from conformance.explain import run_explain
+
+        return run_explain(args.edge_case, args.profiles, args.output)
     if args.command == "corpus":
         from conformance.corpus_command import run_corpus
 
         return run_corpus(args)
+    if args.command == "study":
+        from conformance.study_command import run_study_command
+
+        return run_study_command(args)
+    if args.command == "mutants":
+        from conformance.mutants_command import run_mutants
+
+        return run_mutants(args)
+    if args.command in ("explore", "replay"):
+        from conformance import explore_command
+
+        if args.command == "explore":
+            return explore_command.run_explore(args)
+        return explore_command.run_replay(args)
     from conformance import run_command
 
     handlers = {

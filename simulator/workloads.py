@@ -9,9 +9,12 @@ operations that read a stale cache.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 
 from simulator.formats.qcow2 import Qcow2Image, encode
 from simulator.hypervisor import Counters, DiskConfig, Hypervisor, Outcome
@@ -31,6 +34,16 @@ class Workload:
     steps: tuple[tuple[str, Step], ...]
 
 
+@dataclass
+class OperationCost:
+    """What the steps with one label cost together during a run."""
+
+    count: int = 0
+    failed: int = 0
+    counters: Counters = field(default_factory=Counters)
+    prober_seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class WorkloadResult:
     workload: str
@@ -38,6 +51,10 @@ class WorkloadResult:
     operations: int
     failed_operations: int
     counters: Counters
+    prober_seconds: float = 0.0
+    """Time spent in counted probes: measured, so it varies between runs."""
+    by_operation: Mapping[str, OperationCost] = field(default_factory=dict)
+    """The costs attributed to each step label, in order of first appearance."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -55,9 +72,21 @@ def make_chain(directory: str, depth: int) -> str:
     for index, name in enumerate(names):
         below = names[index + 1].encode() if index + 1 < depth else None
         image = Qcow2Image(SIZE, below, "qcow2" if below else None, version=2)
-        with open(name, "wb") as file:
-            file.write(encode(image))
+        write_sparse(name, encode(image))
     return names[0]
+
+
+def write_sparse(path: str, data: bytes, block: int = 4096) -> None:
+    """Writes ``data`` to a new file, leaving its all-zero blocks as holes: the same bytes
+    read back, with a fraction of the writing (an encoded qcow2 image is mostly zeros)."""
+    zero = bytes(block)
+    with open(path, "wb") as file:
+        for offset in range(0, len(data), block):
+            chunk = data[offset : offset + block]
+            if chunk != zero[: len(chunk)]:
+                file.seek(offset)
+                file.write(chunk)
+        file.truncate(len(data))
 
 
 def run(workload: Workload, profile: Profile, directory: str) -> WorkloadResult:
@@ -66,12 +95,33 @@ def run(workload: Workload, profile: Profile, directory: str) -> WorkloadResult:
     hypervisor = Hypervisor(profile, track_staleness=True)
     hypervisor.define("vm", [DiskConfig("vda", top, "qcow2")])
     failed = 0
-    for _label, step in workload.steps:
-        if not step(hypervisor, directory).ok:
+    by_operation: dict[str, OperationCost] = {}
+    for label, step in workload.steps:
+        before, seconds = replace(hypervisor.counters), hypervisor.prober_seconds
+        ok = step(hypervisor, directory).ok
+        if not ok:
             failed += 1
+        cost = by_operation.setdefault(label, OperationCost())
+        cost.count += 1
+        cost.failed += 0 if ok else 1
+        cost.prober_seconds += hypervisor.prober_seconds - seconds
+        _add(cost.counters, hypervisor.counters, before)
     return WorkloadResult(
-        workload.name, profile.name, len(workload.steps), failed, hypervisor.counters
+        workload.name,
+        profile.name,
+        len(workload.steps),
+        failed,
+        hypervisor.counters,
+        hypervisor.prober_seconds,
+        by_operation,
     )
+
+
+def _add(total: Counters, after: Counters, before: Counters) -> None:
+    """Adds to ``total`` what the counters grew by from ``before`` to ``after``."""
+    for counter in fields(Counters):
+        grown = getattr(after, counter.name) - getattr(before, counter.name)
+        setattr(total, counter.name, getattr(total, counter.name) + grown)
 
 
 def _start(hv: Hypervisor, _d: str) -> Outcome:
@@ -201,3 +251,192 @@ def jobs_after_restart(depth: int = 20, count: int = 10) -> Workload:
 
 
 STANDARD = (vm_lifetime(), snapshot_storm(), restarts(), jobs_after_restart())
+
+
+class Operation(StrEnum):
+    """The operations of a generated lifetime; each is also the label of its steps."""
+
+    START = "start"
+    STOP = "stop"
+    SNAPSHOT = "snapshot"
+    COMMIT = "commit below the top"
+    PULL = "pull"
+    ATTACH = "attach a disk"
+    DETACH = "detach a disk"
+    RESTART = "daemon restart"
+
+
+@dataclass(frozen=True)
+class Mix:
+    """The distribution ``generate`` draws VM lifetimes from.
+
+    Each VM's disk starts with a qcow2 chain whose depth is drawn log-uniformly over
+    ``min_depth``..``max_depth`` (``floor(exp(U(ln min, ln(max + 1))))``: with 1..200, about
+    half the disks have 14 layers or fewer and one in ten more than 120). The VM is booted a
+    number of times drawn uniformly from ``boots``; each boot is a start, a number of
+    operations drawn uniformly from ``operations_per_boot``, and a stop. Each operation is
+    drawn by ``weights``; one that cannot apply is replaced by a snapshot (or, at
+    ``max_depth`` layers, by a commit; failing both, by a daemon restart): a commit below
+    the top needs 3 layers, a pull 2, a detach a disk attached during this boot, and a
+    snapshot fewer than ``max_depth`` layers, so the chain stays within the bounds.
+    """
+
+    min_depth: int = 1
+    max_depth: int = 200
+    boots: tuple[int, int] = (1, 3)
+    operations_per_boot: tuple[int, int] = (4, 24)
+    weights: tuple[tuple[Operation, int], ...] = (
+        (Operation.SNAPSHOT, 35),
+        (Operation.COMMIT, 25),
+        (Operation.PULL, 5),
+        (Operation.ATTACH, 12),
+        (Operation.DETACH, 8),
+        (Operation.RESTART, 15),
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_depth <= self.max_depth:
+            raise ValueError(f"depths {self.min_depth}..{self.max_depth}: need 1 <= min <= max")
+        for name, (low, high) in (("boots", self.boots), ("operations", self.operations_per_boot)):
+            if not 0 <= low <= high or (name == "boots" and low < 1):
+                raise ValueError(f"{name} {low}..{high} is not a range of counts")
+        if not self.weights or any(weight <= 0 for _, weight in self.weights):
+            raise ValueError("every weighted operation needs a positive weight")
+        drawable = {Operation.START, Operation.STOP}
+        if any(operation in drawable for operation, _ in self.weights):
+            raise ValueError("starts and stops bound each boot; they are not drawn")
+
+    def draw_depth(self, rng: random.Random) -> int:
+        """A starting depth, log-uniform over ``min_depth``..``max_depth``."""
+        low, high = math.log(self.min_depth), math.log(self.max_depth + 1)
+        return min(self.max_depth, max(self.min_depth, int(math.exp(rng.uniform(low, high)))))
+
+    def to_json(self) -> dict[str, object]:
+        total = sum(weight for _, weight in self.weights)
+        return {
+            "depth": {
+                "min": self.min_depth,
+                "max": self.max_depth,
+                "distribution": "log-uniform: floor(exp(U(ln min, ln(max + 1))))",
+            },
+            "boots": {"min": self.boots[0], "max": self.boots[1], "distribution": "uniform"},
+            "operations-per-boot": {
+                "min": self.operations_per_boot[0],
+                "max": self.operations_per_boot[1],
+                "distribution": "uniform",
+            },
+            "operation-weights": {operation.value: weight for operation, weight in self.weights},
+            "operation-shares": {
+                operation.value: round(weight / total, 4) for operation, weight in self.weights
+            },
+        }
+
+
+MIX = Mix()
+"""The study's default distribution."""
+
+
+def generate(seed: int, count: int, mix: Mix = MIX) -> tuple[Workload, ...]:
+    """``count`` VM lifetimes drawn from ``mix``; the same seed gives the same workloads."""
+    rng = random.Random(seed)
+    width = len(str(count))
+    return tuple(_lifetime(rng, f"vm-{number + 1:0{width}d}", mix) for number in range(count))
+
+
+def _lifetime(rng: random.Random, name: str, mix: Mix) -> Workload:
+    depth = mix.draw_depth(rng)
+    operations = [operation for operation, _ in mix.weights]
+    weights = [weight for _, weight in mix.weights]
+    layers = depth
+    done = dict.fromkeys(Operation, 0)
+    attaches = 0
+    steps: list[tuple[str, Step]] = []
+    boots = rng.randint(*mix.boots)
+    for _boot in range(boots):
+        steps.append((Operation.START.value, _start))
+        attached: list[int] = []
+        for _ in range(rng.randint(*mix.operations_per_boot)):
+            operation = _applicable(rng.choices(operations, weights)[0], layers, attached, mix)
+            done[operation] += 1
+            step: Step
+            if operation is Operation.SNAPSHOT:
+                step, layers = _snapshot(done[operation] - 1), layers + 1
+            elif operation is Operation.COMMIT:
+                step, layers = _commit_below_top, layers - 1
+            elif operation is Operation.PULL:
+                step, layers = _pull, 1
+            elif operation is Operation.ATTACH:
+                step = _attach_data_disk(attaches)
+                attached.append(attaches)
+                attaches += 1
+            elif operation is Operation.DETACH:
+                step = _detach_data_disk(attached.pop(rng.randrange(len(attached))))
+            else:
+                step = _restart
+            steps.append((operation.value, step))
+        steps.append((Operation.STOP.value, _stop))
+    counts = ", ".join(
+        _count(done[operation], noun) for operation, noun in _NOUNS if done[operation]
+    )
+    description = f"{depth}-layer disk, {_count(boots, 'boot')}: {counts or 'idle'}"
+    return Workload(name, description, depth, tuple(steps))
+
+
+_NOUNS = (
+    (Operation.SNAPSHOT, "snapshot"),
+    (Operation.COMMIT, "commit"),
+    (Operation.PULL, "pull"),
+    (Operation.ATTACH, "attach"),
+    (Operation.DETACH, "detach"),
+    (Operation.RESTART, "daemon restart"),
+)
+
+
+def _count(number: int, noun: str) -> str:
+    if number == 1:
+        return f"1 {noun}"
+    return f"{number} {noun}{'es' if noun.endswith('ch') else 's'}"
+
+
+def _applicable(operation: Operation, layers: int, attached: list[int], mix: Mix) -> Operation:
+    """``operation`` if it can apply to the chain as the workload left it, else a substitute."""
+    possible = {
+        Operation.SNAPSHOT: layers < mix.max_depth,
+        Operation.COMMIT: layers >= 3,
+        Operation.PULL: layers >= 2,
+        Operation.DETACH: bool(attached),
+    }
+    if possible.get(operation, True):
+        return operation
+    for substitute in (Operation.SNAPSHOT, Operation.COMMIT):
+        if possible[substitute]:
+            return substitute
+    return Operation.RESTART
+
+
+def _data_disk_target(number: int) -> str:
+    """vdb, vdc, ... vdz, vdaa, ...: libvirt's names for the disks after vda."""
+    letters = ""
+    number += 2
+    while number:
+        number, remainder = divmod(number - 1, 26)
+        letters = chr(ord("a") + remainder) + letters
+    return f"vd{letters}"
+
+
+def _attach_data_disk(number: int) -> Step:
+    """Hotplug a new one-layer qcow2 data disk."""
+
+    def step(hv: Hypervisor, directory: str) -> Outcome:
+        path = os.path.join(directory, f"data-{number:03d}.qcow2")
+        write_sparse(path, encode(Qcow2Image(SIZE, None, None, version=2)))
+        return hv.attach("vm", DiskConfig(_data_disk_target(number), path, "qcow2"))
+
+    return step
+
+
+def _detach_data_disk(number: int) -> Step:
+    def step(hv: Hypervisor, _d: str) -> Outcome:
+        return hv.detach("vm", _data_disk_target(number))
+
+    return step
