@@ -86,4 +86,5 @@ def known_adapters() -> list[tuple[str, str]]:
     for name, profile in PROFILES.items():
         known.append((f"reference:{name}", f"the reference simulator: {profile.summary}"))
     known.append(("qemu-img", "the installed qemu-img info --backing-chain (probe only)"))
+    known.append(("libvirt", "the libvirt daemon on qemu:///system, driving real qemu"))
     return known
