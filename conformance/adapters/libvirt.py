@@ -508,7 +508,10 @@ class LibvirtAdapter:
         if kind == "delete":
             os.unlink(path)
         elif kind == "replace":
-            shutil.copyfile(args["content_from"], path)
+            try:
+                shutil.copyfile(args["content_from"], path)
+            except OSError as error:
+                return failed("file-missing", f"{args['content_from']}: {error.strerror}")
         elif kind == "rewrite-header":
             qcow2.rewrite_backing_in_file(path, args.get("backing"), args.get("backing_format"))
         else:

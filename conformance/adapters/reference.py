@@ -216,7 +216,11 @@ class ReferenceAdapter:
         if kind == "unreadable":
             return _outcome(hv.make_unreadable(path))
         if kind == "replace":
-            return _outcome(hv.replace_file(path, Path(args["content_from"]).read_bytes()))
+            try:
+                content = Path(args["content_from"]).read_bytes()
+            except OSError as error:
+                return failed("file-missing", f"{args['content_from']}: {error.strerror}")
+            return _outcome(hv.replace_file(path, content))
         return _outcome(hv.rewrite_header(path, args.get("backing"), args.get("backing_format")))
 
     def _counters(self, args: dict[str, Any]) -> dict[str, Any]:

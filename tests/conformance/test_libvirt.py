@@ -199,3 +199,103 @@ def test_a_crashed_runs_domains_are_removed_by_the_next_adapter(libvirt_adapter:
         assert name not in names
     finally:
         other.close()
+
+
+# -- what the adapter reads and writes, without a daemon ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "op", "args", "code"),
+    [
+        ("Domain not found: no domain with matching name 'x'", "start", {}, "no-such-domain"),
+        (
+            "Operation not supported: backing chains more than 200 layers deep are not "
+            "supported for disk 'vda'",
+            "snapshot",
+            {},
+            "too-deep",
+        ),
+        (
+            "internal error: backing store for /d/a.qcow2 is self-referential or too deeply nested",
+            "start",
+            {},
+            "too-deep",
+        ),
+        (
+            "block copy still active: block job 'commit-vda-libvirt-1-format' not ready for "
+            "pivot yet",
+            "pivot",
+            {},
+            "job-not-ready",
+        ),
+        (
+            "invalid argument: could not find backing store index '2' in chain for 'vda'",
+            "block-commit",
+            {"top": "vda[2]"},
+            "top-not-found",
+        ),
+        (
+            "invalid argument: could not find backing store index '3' in chain for 'vda'",
+            "block-commit",
+            {"top": "vda[1]", "base": "vda[3]"},
+            "base-not-found",
+        ),
+        (
+            "invalid argument: could not find image '/d/x' beneath '/d/top' in chain for 'vda'",
+            "block-pull",
+            {"base": "/d/x"},
+            "base-not-found",
+        ),
+        (
+            "missing destination file for disk vda: /d/copy.qcow2: No such file or directory",
+            "block-copy",
+            {},
+            "file-missing",
+        ),
+        (
+            "unsupported configuration: external destination file for disk vda already exists "
+            "and is not a block device: /d/base.qcow2",
+            "block-copy",
+            {},
+            "file-exists",
+        ),
+        (
+            "unsupported configuration: unknown driver format value 'none'",
+            "define",
+            {},
+            "unknown-format",
+        ),
+    ],
+)
+def test_libvirt_messages_map_to_stable_codes(
+    message: str, op: str, args: dict[str, Any], code: str
+) -> None:
+    from conformance.adapters.libvirt import error_code_for
+
+    assert error_code_for(message, op, args) == code
+
+
+def test_the_chain_is_read_from_the_live_disk_element() -> None:
+    import xml.etree.ElementTree as ET
+
+    from conformance.adapters.libvirt import chain_from_disk_xml
+
+    disk = ET.fromstring(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source file='/d/top.qcow2' index='3'/>"
+        "<backingStore type='file' index='1'><format type='qcow2'/><source file='/d/base.qcow2'/>"
+        "<backingStore/></backingStore><target dev='vda' bus='scsi'/></disk>"
+    )
+    assert chain_from_disk_xml(disk) == {
+        "chain": [
+            {"filename": "/d/top.qcow2", "format": "qcow2", "type": "file", "index": 3},
+            {"filename": "/d/base.qcow2", "format": "qcow2", "type": "file", "index": 1},
+        ],
+        "terminated": True,
+    }
+    unknown_end = ET.fromstring(
+        "<disk type='file'><driver type='qcow2'/><source file='/d/top.qcow2' index='1'/></disk>"
+    )
+    assert chain_from_disk_xml(unknown_end)["terminated"] is False
+    empty = ET.fromstring("<disk type='file' device='cdrom'><target dev='hdc'/></disk>")
+    assert chain_from_disk_xml(empty) == {"chain": None}
