@@ -656,7 +656,9 @@ def test_s19_commit_validation(profile, tmp):
     shallow = commit(top=m2, base=base, shallow=True)
     assert shallow.code == OpError.BASE_NOT_BELOW_TOP
     # libvirt 9.0 names the disk's source, not its target, at the end (observed).
-    assert shallow.message == (f"base '{base}' is not immediately below '{m2}' in chain for '{top}'")
+    assert shallow.message == (
+        f"base '{base}' is not immediately below '{m2}' in chain for '{top}'"
+    )
     for active_layer in (None, top):
         refused = commit(top=active_layer)
         assert refused.rc == -1
