@@ -647,18 +647,18 @@ class Hypervisor:
             _write_file(overlay, qcow2.encode(image))
         new_config = replace(disk.config, path=overlay, format=fmt, backing=())
         if modelled:
-            assert disk.chain is not None
+            # With nothing cached (a failed forced re-probe emptied it), the old top alone.
             index = self._new_index(domain) if self.rules.index is IndexRule.DOMAIN_COUNTER else 0
-            below = [replace(disk.chain.layers[0], index=disk.top_index)]
+            below = [replace(current.layers[0], index=disk.top_index)]
             recorded = self._recorded_backing(overlay, fmt) if reuse else None
             if recorded is not None and backing_names.is_relative(recorded):
                 # e20853e1d: the old top's relPath is what the user's overlay records.
                 below[0] = replace(below[0], relative_path=recorded)
-            below += disk.chain.layers[1:]
+            below += current.layers[1:]
             if self.rules.index is IndexRule.DEPTH:
                 below = [replace(layer, index=depth + 1) for depth, layer in enumerate(below)]
             top = Layer(overlay, fmt, index=index)
-            disk.chain = Chain((top, *below), disk.chain.terminated)
+            disk.chain = Chain((top, *below), current.terminated)
             disk.top_index = index
         disk.config = new_config
         if modelled and reuse and disk.stale_reason is None:

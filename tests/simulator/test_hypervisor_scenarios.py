@@ -1133,3 +1133,22 @@ def test_s30_unterminated_chain_stays_unterminated(profile, tmp):
     assert after is not None and not after.terminated
     assert shape(after) == shape(chain)
     assert hv.violations() == []
+
+
+def test_snapshot_after_a_failed_forced_reprobe_modern(tmp):
+    """Nothing cached (the forced re-probe failed): the overlay goes over the old top alone,
+    whose end is unknown, instead of the simulator failing."""
+    paths = qcow2_chain(tmp, "base.qcow2", "top.qcow2")
+    hv = Hypervisor(MODERN)
+    run(hv, "guest", disk(paths["top.qcow2"]))
+    os.unlink(paths["base.qcow2"])
+    domain = hv.domains["guest"]
+    live = domain.live_disk("vda")
+    assert live is not None
+    assert not hv.determine_disk_chain(domain, live, True).ok
+    overlay = str(tmp / "ov.qcow2")
+    assert hv.snapshot("guest", "vda", overlay).ok
+    chain = hv.chain("guest", "vda")
+    assert chain is not None
+    assert [layer.filename for layer in chain.layers] == [overlay, paths["top.qcow2"]]
+    assert chain.terminated is False
