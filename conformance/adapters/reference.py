@@ -231,6 +231,7 @@ class ReferenceAdapter:
                 "header-bytes-read": counters.header_bytes_read,
                 "probes-of-open-files": counters.probes_of_open_files,
                 "stale-operations": counters.stale_operations,
+                "files-granted": sum(len(files) for files in self.hypervisor.granted.values()),
             }
         )
 
