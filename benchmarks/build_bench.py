@@ -5,7 +5,8 @@ its format recorded, explicit size) twice: with ``images.build.build(...,
 BuildMethod.NATIVE)``, and with one ``qemu-img create -q -f qcow2 -b NEXT -F qcow2 -u
 LAYER SIZE`` per layer, base first. Prints both times (the native one the median of
 several runs), their ratio, and whether the two chains read alike through ``qemu-img
-info --backing-chain``. Nothing here is asserted.
+info --backing-chain``. Nothing here is asserted; ``chainsuite bench`` measures the same
+with every other figure.
 
     python benchmarks/build_bench.py [--layers N] [--runs N] [--dir DIRECTORY]
 """
@@ -13,48 +14,14 @@ info --backing-chain``. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from images.build import BuildMethod, build
-from images.spec import ChainSpec, deep
-
-
-def time_native(spec: ChainSpec, directory: Path) -> float:
-    start = time.perf_counter()
-    build(spec, directory, BuildMethod.NATIVE)
-    return time.perf_counter() - start
-
-
-def time_qemu_img_loop(qemu_img: str, spec: ChainSpec, directory: Path) -> float:
-    """One ``qemu-img create`` per layer, base first, ``-u`` wherever there is a backing."""
-    directory.mkdir()
-    start = time.perf_counter()
-    for layer in reversed(spec.layers):
-        command = [qemu_img, "create", "-q", "-f", layer.format]
-        if layer.backing is not None:
-            command += ["-b", layer.backing, "-F", str(layer.backing_format), "-u"]
-        command += [layer.name, str(layer.size)]
-        subprocess.run(command, cwd=directory, check=True, stdin=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def chain_reading(qemu_img: str, top: Path) -> list[dict[str, object]]:
-    keys = ("format", "virtual-size", "backing-filename", "backing-filename-format")
-    done = subprocess.run(
-        [qemu_img, "info", "--backing-chain", "--output=json", top.name],
-        cwd=top.parent,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return [{key: entry.get(key) for key in keys} for entry in json.loads(done.stdout)]
+from conformance.bench import chain_reading, time_native, time_qemu_img_loop
+from images.spec import deep
 
 
 def main() -> int:

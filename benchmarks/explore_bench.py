@@ -13,49 +13,12 @@ catalogue, one side only. The target of the explorer is 100 sequences a second.
 from __future__ import annotations
 
 import argparse
-import itertools
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
-from conformance.adapters.reference import ReferenceAdapter
-from conformance.catalogue import load
-from conformance.explore import explore, explorer_images
-from conformance.runner import Runner
-
-TARGET_PER_SECOND = 100.0
-
-
-def explorer_rate(sequences: int, seed: int, workdir: Path | None = None) -> tuple[float, int]:
-    """Sequences per second of one exploration, Hypothesis' start-up included."""
-    result = explore(
-        ReferenceAdapter("libvirt-modern"),
-        ReferenceAdapter("libvirt-modern"),
-        max_examples=sequences,
-        seed=seed,
-        out_dir=None,
-        workdir=workdir,
-    )
-    assert result.finding is None, "one profile against itself must agree"
-    return result.per_second, result.sequences
-
-
-def runner_rate(cases_to_run: int) -> float:
-    """Lifecycle cases per second through the catalogue runner (images from its cache)."""
-    lifecycle = [case for case in load().cases if case.kind == "lifecycle"]
-    cache = Path(tempfile.mkdtemp(prefix="chainsuite-bench-cache-"))
-    try:
-        runner = Runner(ReferenceAdapter("libvirt-modern"), "libvirt-modern", cache_root=cache)
-        runnable = [case for case in lifecycle if not runner.missing_capabilities(case)]
-        for case in runnable:  # builds every image once, outside the measurement
-            runner.run(case)
-        started = time.perf_counter()
-        for case in itertools.islice(itertools.cycle(runnable), cases_to_run):
-            runner.run(case)
-        return cases_to_run / (time.perf_counter() - started)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+from conformance.bench import EXPLORER_TARGET as TARGET_PER_SECOND
+from conformance.bench import explorer_rate, runner_rate
+from conformance.explore import explorer_images
 
 
 def main() -> None:

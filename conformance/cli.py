@@ -245,6 +245,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--force", action="store_true", help="overwrite an earlier study in DIR")
     study.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    bench = commands.add_parser(
+        "bench",
+        help="time the suite against its baselines (qemu-img, the catalogue runner)",
+        description="Measure, in one run on this machine, each figure against its baseline "
+        "measured in the same run (probe and build against qemu-img as whole processes, "
+        "simulator operations/s, explorer sequences/s, catalogue run time per adapter) and "
+        "print value, baseline, ratio and target per row; medians of several runs.",
+    )
+    bench.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats and explorer sequences; no libvirt catalogue",
+    )
+    bench.add_argument(
+        "--repeat", type=int, metavar="N", help="runs per median (default: 7; 2 with --quick)"
+    )
+    bench.add_argument(
+        "--layers",
+        metavar="N,N,...",
+        help="probe chain depths (default: 10,100,1000; the probe target is read at the largest)",
+    )
+    bench.add_argument(
+        "--build-layers", type=int, metavar="N", help="layers of the built chain (default: 1000)"
+    )
+    bench.add_argument(
+        "--sequences", type=int, metavar="N", help="explorer sequences per run (default: 300)"
+    )
+    bench.add_argument(
+        "--cases", metavar="PATTERN", help="time only these catalogue cases (chainsuite run -k)"
+    )
+    bench.add_argument(
+        "--dir", metavar="DIR", help="scratch directory (default: /dev/shm when there is one)"
+    )
+    bench.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     mutants = commands.add_parser(
         "mutants",
         help="run the catalogue against mutants of the reference and print the kill score",
@@ -309,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conformance.study_command import run_study_command
 
         return run_study_command(args)
+    if args.command == "bench":
+        from conformance.bench_command import run_bench_command
+
+        return run_bench_command(args)
     if args.command == "mutants":
         from conformance.mutants_command import run_mutants
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
@@ -55,6 +56,8 @@ class WorkloadResult:
     """Time spent in counted probes: measured, so it varies between runs."""
     by_operation: Mapping[str, OperationCost] = field(default_factory=dict)
     """The costs attributed to each step label, in order of first appearance."""
+    seconds: float = 0.0
+    """Time in the steps, the chain's set-up excluded: measured, so it varies between runs."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -89,13 +92,20 @@ def write_sparse(path: str, data: bytes, block: int = 4096) -> None:
         file.truncate(len(data))
 
 
-def run(workload: Workload, profile: Profile, directory: str) -> WorkloadResult:
-    """Runs ``workload`` in ``directory`` (which it fills) under ``profile``."""
+def run(
+    workload: Workload, profile: Profile, directory: str, *, track_staleness: bool = True
+) -> WorkloadResult:
+    """Runs ``workload`` in ``directory`` (which it fills) under ``profile``.
+
+    ``track_staleness`` is the hypervisor's: without it no stale operation is counted, and
+    no chain is probed afresh to find one.
+    """
     top = make_chain(directory, workload.depth)
-    hypervisor = Hypervisor(profile, track_staleness=True)
+    hypervisor = Hypervisor(profile, track_staleness=track_staleness)
     hypervisor.define("vm", [DiskConfig("vda", top, "qcow2")])
     failed = 0
     by_operation: dict[str, OperationCost] = {}
+    started = time.perf_counter()
     for label, step in workload.steps:
         before, seconds = replace(hypervisor.counters), hypervisor.prober_seconds
         ok = step(hypervisor, directory).ok
@@ -106,6 +116,7 @@ def run(workload: Workload, profile: Profile, directory: str) -> WorkloadResult:
         cost.failed += 0 if ok else 1
         cost.prober_seconds += hypervisor.prober_seconds - seconds
         _add(cost.counters, hypervisor.counters, before)
+    seconds = time.perf_counter() - started
     return WorkloadResult(
         workload.name,
         profile.name,
@@ -114,6 +125,7 @@ def run(workload: Workload, profile: Profile, directory: str) -> WorkloadResult:
         hypervisor.counters,
         hypervisor.prober_seconds,
         by_operation,
+        seconds,
     )
 
 
