@@ -59,6 +59,7 @@ class OpError(StrEnum):
     NO_EVENT = "no-such-event"
     NO_SOURCE = "disk-has-no-source"
     IN_CHAIN = "file-in-chain"
+    IMAGE_LOCKED = "image-locked"
 
 
 class DiskType(StrEnum):
@@ -479,6 +480,9 @@ class Hypervisor:
                 outcome = self.determine_disk_chain(domain, disk, False)
                 if not outcome.ok:
                     return outcome
+        locked = self._domain_lock_conflict(domain, live)
+        if locked is not None:
+            return locked
         domain.live = live
         self.granted[name] = set()
         for disk in live:
@@ -547,6 +551,9 @@ class Hypervisor:
         if not outcome.ok:
             return outcome
         self._number_hotplugged(domain, disk)
+        locked = self._lock_conflict(*self._disk_files(disk))
+        if locked is not None:
+            return locked
         assert domain.live is not None
         domain.live.append(disk)
         self._grant(name, disk)
@@ -587,6 +594,9 @@ class Hypervisor:
         if not outcome.ok:
             return outcome
         self._number_hotplugged(domain, candidate)
+        locked = self._lock_conflict(*self._disk_files(candidate), excluding=(disk,))
+        if locked is not None:
+            return locked
         self._revoke(name, disk, whole_chain=True)
         disk.config = new_config
         disk.top_index = candidate.top_index
@@ -627,6 +637,9 @@ class Hypervisor:
             return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
         if not reuse and exists:
             return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
+        locked = self._lock_conflict({overlay}, set(), excluding=(disk,))
+        if locked is not None:
+            return locked
         modelled = self.rules.snapshot is SnapshotRule.MODEL
         if modelled:
             current = disk.chain or Chain((Layer(disk.config.path or "", "raw"),), False)
@@ -812,6 +825,9 @@ class Hypervisor:
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)
+        locked = self._lock_conflict({chain.layers[base_at].filename}, set(), excluding=(disk,))
+        if locked is not None:
+            return locked
         job = self._new_job(
             kind,
             name,
@@ -851,6 +867,9 @@ class Hypervisor:
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
+        locked = self._lock_conflict({destination}, set(), excluding=(disk,))
+        if locked is not None:
+            return locked
         if not reuse:
             size = self._virtual_size(disk)
             below = chain.layers[1] if shallow and len(chain) > 1 else None
@@ -1022,6 +1041,76 @@ class Hypervisor:
         return found
 
     # -- internals ----------------------------------------------------------------------
+
+    def _lock_conflict(
+        self, writes: set[str], reads: set[str], excluding: tuple[LiveDisk, ...] = ()
+    ) -> Outcome | None:
+        """qemu's image locks: the files a new node writes or reads, against every running disk.
+
+        A file written by one node cannot be opened by another; a file read by
+        one node cannot be written by another. Read-only sharing is allowed.
+        """
+        if not self.rules.image_locks:
+            return None
+        written: set[str] = set()
+        opened: set[str] = set()
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                if any(disk is other for other in excluding):
+                    continue
+                disk_writes, disk_reads = self._disk_files(disk)
+                written |= disk_writes
+                opened |= disk_writes | disk_reads
+        canonical = self._lock_key
+        for path in sorted(writes):
+            if canonical(path) in opened:
+                return _locked(path, shared=False)
+        for path in sorted(reads):
+            if canonical(path) in written:
+                return _locked(path, shared=True)
+        return None
+
+    def _disk_files(self, disk: LiveDisk) -> tuple[set[str], set[str]]:
+        """The files a running disk's qemu nodes write and only read, canonical."""
+        canonical = self._lock_key
+        local = disk.config.type in (DiskType.FILE, DiskType.BLOCK)
+        if not local or not disk.config.path:
+            return set(), set()
+        names = [layer.filename for layer in disk.chain.layers] if disk.chain else []
+        names = names or [disk.config.path]
+        writable = disk.config.device == "disk"
+        writes = {canonical(names[0])} if writable else set()
+        reads = {canonical(name) for name in (names[1:] if writable else names)}
+        job = self.jobs.get(disk.job) if disk.job is not None else None
+        if job is not None and job.state is JobState.RUNNING:
+            # A commit writes its base; a copy writes its destination.
+            for path in (job.base if job.kind is not JobKind.PULL else None, job.destination):
+                if path:
+                    writes.add(canonical(path))
+        return writes, reads - writes
+
+    def _lock_key(self, path: str) -> str:
+        """What qemu's locks are held on: the file itself, whatever name reaches it."""
+        try:
+            return self.storage.canonical(path)
+        except OSError:
+            return os.path.abspath(path)
+
+    def _domain_lock_conflict(self, domain: Domain, live: list[LiveDisk]) -> Outcome | None:
+        """A starting domain's disks, against each other and against every running domain."""
+        for position, disk in enumerate(live):
+            writes, reads = self._disk_files(disk)
+            earlier = live[:position]
+            for other in earlier:
+                other_writes, other_reads = self._disk_files(other)
+                for path in sorted(writes & (other_writes | other_reads)):
+                    return _locked(path, shared=False)
+                for path in sorted(reads & other_writes):
+                    return _locked(path, shared=True)
+            problem = self._lock_conflict(writes, reads)
+            if problem is not None:
+                return problem
+        return None
 
     def _check_disks(self, disks: list[DiskConfig]) -> Outcome | None:
         targets = set()
@@ -1278,6 +1367,14 @@ class Hypervisor:
             return
         paths = list(self._walk(disk)) if whole_chain else [disk.config.path or ""]
         granted.difference_update(paths)
+
+
+def _locked(path: str, *, shared: bool) -> Outcome:
+    lock = 'shared "write"' if shared else '"write"'
+    return _fail(
+        OpError.IMAGE_LOCKED,
+        f"Failed to get {lock} lock\nIs another process using the image [{path}]?",
+    )
 
 
 def _relative_source(path: str) -> ChainError:

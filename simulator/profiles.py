@@ -165,6 +165,9 @@ class CacheRules:
     definition at it (qemuDomainSnapshotCreateInactiveExternal)."""
     rejects_unknown_format_names: bool = False
     """A definition naming an unknown format, or 'none', is refused when parsed."""
+    image_locks: bool = False
+    """qemu (2.10+) locks image files: a file one node writes cannot be opened by another,
+    in the same qemu or another one, so such a start, hotplug or job fails."""
 
 
 class HeaderDecoder(StrEnum):
@@ -265,6 +268,7 @@ _MODERN_CACHE = CacheRules(
     overlay_qcow2_version=3,
     offline_snapshot=True,
     rejects_unknown_format_names=True,
+    image_locks=True,
 )
 
 LIBVIRT_1_0 = Profile(

@@ -148,6 +148,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"is self-referential", "backing-loop"),
     (r"was not specified in the image metadata", "backing-format-unspecified"),
     (r"missing (destination|existing) file", "file-missing"),
+    (r'Failed to get (shared )?"write" lock', "image-locked"),
     (r"Cannot access backing file", "backing-missing"),
     (r"Cannot access storage file|No such file or directory", "not-found"),
     (r"Permission denied", "permission-denied"),

@@ -21,6 +21,10 @@ from simulator.profiles import LIBVIRT_1_0, LIBVIRT_MODERN, SEED_V2, Profile
 MIB = 1024 * 1024
 
 MODERN = LIBVIRT_MODERN
+MODERN_WITHOUT_LOCKS = dataclasses.replace(
+    LIBVIRT_MODERN, cache=dataclasses.replace(LIBVIRT_MODERN.cache, image_locks=False)
+)
+"""libvirt-modern over a qemu run with file locking off: two domains may share what one writes."""
 PROFILES_2012 = [pytest.param(SEED_V2, id="seed-v2"), pytest.param(LIBVIRT_1_0, id="libvirt-1.0")]
 LIBVIRT_PROFILES = [*PROFILES_2012, pytest.param(LIBVIRT_MODERN, id="libvirt-modern")]
 """The profiles with a cache (qemu is a probe-only profile)."""
