@@ -188,6 +188,12 @@ class FaultyStorage:
     def canonical(self, path: str) -> str:
         return self.inner.canonical(path)
 
+    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+        self.inner.write(path, data, offset)
+
+    def remove(self, path: str) -> None:
+        self.inner.remove(path)
+
 
 class Hypervisor:
     """libvirt's qemu driver and a simulated qemu, as far as backing chains go."""
@@ -401,7 +407,11 @@ class Hypervisor:
         each, then qemuDomainPrepareDiskSource gives every layer a new one: the
         first numbers are used up.
         """
-        if self.rules.index is not IndexRule.DOMAIN_COUNTER or disk.chain is None:
+        if self.rules.index is not IndexRule.DOMAIN_COUNTER:
+            return
+        if disk.chain is None:
+            # An ejected drive's empty source is numbered too (observed with libvirt 9.0).
+            disk.top_index = self._new_index(domain)
             return
         layers = tuple(replace(layer, index=self._new_index(domain)) for layer in disk.chain.layers)
         disk.chain = Chain(layers, disk.chain.terminated)
@@ -471,9 +481,9 @@ class Hypervisor:
         domain.next_index = 0
         if self.rules.index is IndexRule.DOMAIN_COUNTER:
             # qemuProcessPrepareDomainStorage walks the disks from the last one.
+            # An empty drive's source is numbered too.
             for disk in reversed(live):
-                if disk.config.path:
-                    disk.top_index = self._new_index(domain)
+                disk.top_index = self._new_index(domain)
         if not self.rules.chain_needs_cgroup_devices or self.cgroup_devices:
             order = reversed(live) if self.rules.models_jobs else iter(live)
             for disk in order:
@@ -657,7 +667,7 @@ class Hypervisor:
             size = self._virtual_size(disk)
             version = self.rules.overlay_qcow2_version
             image = qcow2.Qcow2Image(size, old_path.encode(), old_format, version)
-            _write_file(overlay, qcow2.encode(image))
+            self.storage.write(overlay, qcow2.encode(image))
         new_config = replace(disk.config, path=overlay, format=fmt, backing=())
         if modelled:
             # With nothing cached (a failed forced re-probe emptied it), the old top alone.
@@ -713,7 +723,7 @@ class Hypervisor:
                 config.format or "raw",
                 self.rules.overlay_qcow2_version,
             )
-            _write_file(overlay, qcow2.encode(image))
+            self.storage.write(overlay, qcow2.encode(image))
         domain.config = [
             replace(other, path=overlay, format=fmt, backing=()) if other is config else other
             for other in domain.config
@@ -876,7 +886,7 @@ class Hypervisor:
             name_below = below.filename.encode() if below else None
             version = self.rules.overlay_qcow2_version
             image = qcow2.Qcow2Image(size, name_below, below.format if below else None, version)
-            _write_file(destination, qcow2.encode(image))
+            self.storage.write(destination, qcow2.encode(image))
         job = self._new_job(
             JobKind.COPY,
             name,
@@ -969,7 +979,7 @@ class Hypervisor:
 
     def delete_file(self, path: str) -> Outcome:
         try:
-            os.unlink(path)
+            self.storage.remove(path)
         except OSError as error:
             return _fail(OpError.FILE_MISSING, f"cannot delete '{path}': {error.strerror}")
         self._files_changed(path, "file-deleted")
@@ -981,13 +991,13 @@ class Hypervisor:
         return OK
 
     def replace_file(self, path: str, content: bytes) -> Outcome:
-        _write_file(path, content)
+        self.storage.write(path, content)
         self._files_changed(path, "file-replaced")
         return OK
 
     def rewrite_header(self, path: str, backing: str | None, backing_format: str | None) -> Outcome:
         """A qcow2 file's backing name and format changed behind libvirt's back."""
-        if not _is_qcow2(path):
+        if not self._is_qcow2(path):
             return _fail(OpError.UNSUPPORTED, f"only a qcow2 header can be rewritten: '{path}'")
         try:
             self._rewrite_backing(path, backing, backing_format)
@@ -1088,6 +1098,16 @@ class Hypervisor:
                 if path:
                     writes.add(canonical(path))
         return writes, reads - writes
+
+    def _is_qcow2(self, path: str) -> bool:
+        try:
+            image = self.storage.open(path)
+        except OSError:
+            return False
+        try:
+            return image.read(0, 4) == qcow2.MAGIC
+        finally:
+            image.close()
 
     def _lock_key(self, path: str) -> str:
         """What qemu's locks are held on: the file itself, whatever name reaches it."""
@@ -1302,7 +1322,8 @@ class Hypervisor:
     def _delete_removed(self, job: BlockJob) -> None:
         """VIR_DOMAIN_BLOCK_COMMIT_DELETE: other chains naming a deleted image go stale."""
         for path in job.removed:
-            _unlink_quietly(path)
+            with contextlib.suppress(OSError):
+                self.storage.remove(path)
             self._files_changed(path, "file-deleted")
 
     def _finish_job(self, disk: LiveDisk, job: BlockJob) -> None:
@@ -1327,7 +1348,7 @@ class Hypervisor:
 
     def _rewrite_backing(self, path: str, backing: str | None, fmt: str | None) -> None:
         """What qemu writes into an overlay's header when its backing changes."""
-        qcow2.rewrite_backing_in_file(path, backing, fmt)
+        qcow2.rewrite_backing(self.storage, path, backing, fmt)
 
     def _virtual_size(self, disk: LiveDisk) -> int:
         if disk.chain is not None and disk.chain.layers[0].virtual_size:
@@ -1419,14 +1440,6 @@ def _only_qcow2_rewritten(path: str) -> Outcome:
     )
 
 
-def _is_qcow2(path: str) -> bool:
-    try:
-        with open(path, "rb") as image:
-            return image.read(4) == qcow2.MAGIC
-    except OSError:
-        return False
-
-
 def _shape(chain: Chain) -> tuple[str, ...]:
     """A chain as the invariant compares it: each layer's name and format, and its end."""
     end = "terminated" if chain.terminated else "unknown"
@@ -1455,16 +1468,6 @@ def _in_chain(path: str, target: str) -> Outcome:
 
 def _no_disk(name: str, target: str) -> Outcome:
     return _fail(OpError.NO_DISK, f"disk '{target}' not found in domain '{name}'")
-
-
-def _write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as image:
-        image.write(data)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 __all__ = [

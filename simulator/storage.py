@@ -1,12 +1,14 @@
-"""The prober's only window on a disk: look a path up, open it, read bytes at an offset.
+"""The simulator's only window on a disk: look a path up, open and read it, write it.
 
 ``LocalStorage`` goes through the ``os`` module, so pyfakefs can stand in for
-the disk in tests. Errors surface as ``OSError`` with an errno; the prober
-turns them into chain errors.
+the disk in tests; ``MemoryStorage`` keeps files in a dictionary, for
+simulations that need no real file. Errors surface as ``OSError`` with an
+errno; the prober turns them into chain errors.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from enum import StrEnum
@@ -45,7 +47,7 @@ class ImageFile(Protocol):
 
 
 class Storage(Protocol):
-    """What the prober needs of a disk."""
+    """What the prober and the simulated hypervisor need of a disk."""
 
     def kind(self, path: str) -> FileKind | None:
         """The kind of what ``path`` names (following symlinks); None when nothing is there."""
@@ -57,6 +59,15 @@ class Storage(Protocol):
 
     def canonical(self, path: str) -> str:
         """The path with symlinks and dots resolved; raises OSError when it does not exist."""
+        ...
+
+    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+        """Writes ``data``: as the whole new content (``offset`` None) or over the bytes at
+        ``offset`` of an existing file; raises OSError."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Removes the file; raises OSError."""
         ...
 
 
@@ -104,3 +115,89 @@ class LocalStorage:
 
     def canonical(self, path: str) -> str:
         return os.path.realpath(path, strict=True)
+
+    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+        if offset is not None:
+            with open(path, "r+b") as file:
+                file.seek(offset)
+                file.write(data)
+            return
+        # All-zero blocks are left as holes: the same bytes read back, with a fraction of
+        # the writing (an encoded qcow2 image is mostly zeros).
+        zero = bytes(SPARSE_BLOCK)
+        with open(path, "wb") as file:
+            for start in range(0, len(data), SPARSE_BLOCK):
+                chunk = data[start : start + SPARSE_BLOCK]
+                if chunk != zero[: len(chunk)]:
+                    file.seek(start)
+                    file.write(chunk)
+            file.truncate(len(data))
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+
+
+SPARSE_BLOCK = 4096
+
+
+class _MemoryImage:
+    def __init__(self, data: bytearray) -> None:
+        self._data = data
+
+    @property
+    def kind(self) -> FileKind:
+        return FileKind.FILE
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self._data[offset : offset + length])
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStorage:
+    """Regular files in a dictionary, by absolute normalised path: no symlinks, no
+    permissions. Directories exist implicitly, as the parents of files."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytearray] = {}
+
+    def _key(self, path: str) -> str:
+        return os.path.normpath(os.path.join("/", path))
+
+    def kind(self, path: str) -> FileKind | None:
+        key = self._key(path)
+        if key in self.files:
+            return FileKind.FILE
+        prefix = key.rstrip("/") + "/"
+        return FileKind.DIR if any(name.startswith(prefix) for name in self.files) else None
+
+    def open(self, path: str) -> ImageFile:
+        data = self.files.get(self._key(path))
+        if data is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return _MemoryImage(data)
+
+    def canonical(self, path: str) -> str:
+        key = self._key(path)
+        if self.kind(key) is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return key
+
+    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+        key = self._key(path)
+        if offset is None:
+            self.files[key] = bytearray(data)
+            return
+        existing = self.files.get(key)
+        if existing is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        existing[offset : offset + len(data)] = data
+
+    def remove(self, path: str) -> None:
+        if self.files.pop(self._key(path), None) is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 
 from simulator.formats.qcow2 import Qcow2Image, encode
-from simulator.hypervisor import Counters, DiskConfig, Hypervisor, Outcome
+from simulator.hypervisor import Counters, DiskConfig, FaultyStorage, Hypervisor, Outcome
 from simulator.model import Chain
 from simulator.profiles import Profile
+from simulator.storage import LocalStorage, Storage
 
 SIZE = 1 << 20
 Step = Callable[[Hypervisor, str], Outcome]
@@ -69,39 +70,33 @@ class WorkloadResult:
         }
 
 
-def make_chain(directory: str, depth: int) -> str:
+def make_chain(directory: str, depth: int, storage: Storage | None = None) -> str:
     """``depth`` qcow2 layers with absolute names; returns the top's path."""
+    storage = storage if storage is not None else LocalStorage()
     names = [os.path.join(directory, f"layer-{index:03d}.qcow2") for index in range(depth)]
     for index, name in enumerate(names):
         below = names[index + 1].encode() if index + 1 < depth else None
         image = Qcow2Image(SIZE, below, "qcow2" if below else None, version=2)
-        write_sparse(name, encode(image))
+        storage.write(name, encode(image))
     return names[0]
 
 
-def write_sparse(path: str, data: bytes, block: int = 4096) -> None:
-    """Writes ``data`` to a new file, leaving its all-zero blocks as holes: the same bytes
-    read back, with a fraction of the writing (an encoded qcow2 image is mostly zeros)."""
-    zero = bytes(block)
-    with open(path, "wb") as file:
-        for offset in range(0, len(data), block):
-            chunk = data[offset : offset + block]
-            if chunk != zero[: len(chunk)]:
-                file.seek(offset)
-                file.write(chunk)
-        file.truncate(len(data))
-
-
 def run(
-    workload: Workload, profile: Profile, directory: str, *, track_staleness: bool = True
+    workload: Workload,
+    profile: Profile,
+    directory: str,
+    *,
+    track_staleness: bool = True,
+    storage: Storage | None = None,
 ) -> WorkloadResult:
     """Runs ``workload`` in ``directory`` (which it fills) under ``profile``.
 
     ``track_staleness`` is the hypervisor's: without it no stale operation is counted, and
-    no chain is probed afresh to find one.
+    no chain is probed afresh to find one. ``storage`` holds the files (default: the disk).
     """
-    top = make_chain(directory, workload.depth)
-    hypervisor = Hypervisor(profile, track_staleness=track_staleness)
+    files = FaultyStorage(storage)
+    top = make_chain(directory, workload.depth, files)
+    hypervisor = Hypervisor(profile, files, track_staleness=track_staleness)
     hypervisor.define("vm", [DiskConfig("vda", top, "qcow2")])
     failed = 0
     by_operation: dict[str, OperationCost] = {}
@@ -193,8 +188,7 @@ def _commit_below_top(hv: Hypervisor, _d: str) -> Outcome:
 def _attach_cdrom(number: int) -> Step:
     def step(hv: Hypervisor, directory: str) -> Outcome:
         path = os.path.join(directory, f"media-{number}.raw")
-        with open(path, "wb") as file:
-            file.truncate(SIZE)
+        hv.storage.write(path, bytes(SIZE))
         return hv.attach(
             "vm", DiskConfig(f"sd{chr(ord('a') + number)}", path, "raw", device="cdrom")
         )
@@ -441,7 +435,7 @@ def _attach_data_disk(number: int) -> Step:
 
     def step(hv: Hypervisor, directory: str) -> Outcome:
         path = os.path.join(directory, f"data-{number:03d}.qcow2")
-        write_sparse(path, encode(Qcow2Image(SIZE, None, None, version=2)))
+        hv.storage.write(path, encode(Qcow2Image(SIZE, None, None, version=2)))
         return hv.attach("vm", DiskConfig(_data_disk_target(number), path, "qcow2"))
 
     return step

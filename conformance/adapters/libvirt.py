@@ -37,6 +37,7 @@ from xml.sax.saxutils import quoteattr
 
 from conformance.adapters.base import AdapterError, ImplementationInfo, failed, ok
 from simulator.formats import qcow2
+from simulator.storage import LocalStorage
 
 DEFAULT_URI = "qemu:///system"
 NAME_PREFIX = "chainsuite-"
@@ -514,7 +515,9 @@ class LibvirtAdapter:
             except OSError as error:
                 return failed("file-missing", f"{args['content_from']}: {error.strerror}")
         elif kind == "rewrite-header":
-            qcow2.rewrite_backing_in_file(path, args.get("backing"), args.get("backing_format"))
+            qcow2.rewrite_backing(
+                LocalStorage(), path, args.get("backing"), args.get("backing_format")
+            )
         else:
             return failed("unsupported", f"fault {kind!r} is not supported against libvirt")
         return ok()

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from simulator.formats.header import Header, HeaderInfo, HeaderRejected, LibvirtReadRules
+
+if TYPE_CHECKING:
+    from simulator.storage import Storage
 
 MAGIC = b"QFI\xfb"
 V2_HEADER_LENGTH = 72
 V3_HEADER_LENGTH = 104
-MAX_CLUSTER_SIZE = 1 << 21
+MAX_CLUSTER_BITS = 21
+MAX_CLUSTER_SIZE = 1 << MAX_CLUSTER_BITS
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_TABLE = 0x6803F857
@@ -398,15 +403,15 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
     return bytes(cluster)
 
 
-def rewrite_backing_in_file(path: str, backing: str | None, backing_format: str | None) -> None:
+def rewrite_backing(
+    storage: Storage, path: str, backing: str | None, backing_format: str | None
+) -> None:
     """Rewrites the backing name and format an existing qcow2 file records, in place."""
-    with open(path, "r+b") as image:
-        # The cluster size first, then the first cluster only: reading MAX_CLUSTER_SIZE
-        # bytes every time cost more than the rest of a simulated block job.
-        cluster = 1 << min(Header.of(image.read(24)).u32be(20), MAX_CLUSTER_SIZE.bit_length() - 1)
-        image.seek(0)
-        first = image.read(cluster)
-        image.seek(0)
-        image.write(
-            with_backing(first[:cluster], backing.encode() if backing else None, backing_format)
-        )
+    image = storage.open(path)
+    try:
+        cluster = 1 << min(Header.of(image.read(0, 24)).u32be(20), MAX_CLUSTER_BITS)
+        first = image.read(0, cluster)
+    finally:
+        image.close()
+    name = backing.encode() if backing else None
+    storage.write(path, with_backing(first, name, backing_format), 0)
