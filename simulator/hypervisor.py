@@ -60,6 +60,7 @@ class OpError(StrEnum):
     NO_SOURCE = "disk-has-no-source"
     IN_CHAIN = "file-in-chain"
     IMAGE_LOCKED = "image-locked"
+    INVALID_CONFIG = "invalid-config"
 
 
 class DiskType(StrEnum):
@@ -299,6 +300,14 @@ class Hypervisor:
             return OK
         if disk.chain is not None:
             return self._determine_below_known(domain, disk, disk.chain)
+        top_format = config.format or "raw"
+        if config.backing and top_format in NON_BACKING_FORMATS:
+            # qemuDomainValidateStorageSource, when the disk is prepared (start, hotplug).
+            return _fail(
+                OpError.INVALID_CONFIG,
+                f"unsupported configuration: storage format '{top_format}' "
+                "does not support backing store",
+            )
         local = config.type in (DiskType.FILE, DiskType.BLOCK)
         if local and config.format in NON_BACKING_FORMATS:
             if not os.path.isabs(config.path) or self.storage.kind(config.path) is None:

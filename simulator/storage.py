@@ -141,7 +141,7 @@ SPARSE_BLOCK = 4096
 
 
 class _MemoryImage:
-    def __init__(self, data: bytearray) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self._data = data
 
     @property
@@ -164,7 +164,7 @@ class MemoryStorage:
     permissions. Directories exist implicitly, as the parents of files."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytearray] = {}
+        self.files: dict[str, bytes | bytearray] = {}
 
     def _key(self, path: str) -> str:
         return os.path.normpath(os.path.join("/", path))
@@ -191,12 +191,14 @@ class MemoryStorage:
     def write(self, path: str, data: bytes, offset: int | None = None) -> None:
         key = self._key(path)
         if offset is None:
-            self.files[key] = bytearray(data)
+            self.files[key] = bytes(data)  # no copy of an immutable image
             return
         existing = self.files.get(key)
         if existing is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        existing[offset : offset + len(data)] = data
+        changed = existing if isinstance(existing, bytearray) else bytearray(existing)
+        changed[offset : offset + len(data)] = data
+        self.files[key] = changed
 
     def remove(self, path: str) -> None:
         if self.files.pop(self._key(path), None) is None:

@@ -163,6 +163,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"absolute path must be used|must be absolute", "invalid-path"),
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
     (r"is not removable|Cannot change media|can't change media", "not-removable"),
+    (r"does not support backing store", "invalid-config"),
     (r"not supported|unsupported", "unsupported"),
 )
 """libvirt 9.0's messages (regular expressions) and the suite's codes, first match wins."""

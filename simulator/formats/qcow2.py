@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import TYPE_CHECKING
 
 from simulator.formats.header import Header, HeaderInfo, HeaderRejected, LibvirtReadRules
@@ -321,7 +322,6 @@ def encode(image: Qcow2Image) -> bytes:
     l1_size = max(1, -(-image.virtual_size // (cluster_size * l2_entries)))
     l1_clusters = -(-l1_size * 8 // cluster_size)
     refcount_table_offset = cluster_size
-    refcount_block_offset = 2 * cluster_size
     l1_offset = 3 * cluster_size
     total_clusters = 3 + l1_clusters
     refcount_entries = cluster_size // 2
@@ -352,13 +352,22 @@ def encode(image: Qcow2Image) -> bytes:
     first[header_length : header_length + len(extensions)] = extensions
     if image.backing_name:
         first[backing_offset : backing_offset + len(backing)] = backing
+    return bytes(first) + _tables(image.cluster_bits, l1_clusters)
+
+
+@cache
+def _tables(cluster_bits: int, l1_clusters: int) -> bytes:
+    """The clusters after the header: refcount table, refcount block, an empty L1.
+
+    They depend on the geometry only, and a simulation encodes thousands of overlays.
+    """
+    cluster_size = 1 << cluster_bits
     table = bytearray(cluster_size)
-    table[0:8] = struct.pack(">Q", refcount_block_offset)
+    table[0:8] = struct.pack(">Q", 2 * cluster_size)
     block = bytearray(cluster_size)
-    for index in range(total_clusters):
+    for index in range(3 + l1_clusters):
         block[index * 2 : index * 2 + 2] = struct.pack(">H", 1)
-    l1 = bytes(l1_clusters * cluster_size)
-    return bytes(first) + bytes(table) + bytes(block) + l1
+    return bytes(table) + bytes(block) + bytes(l1_clusters * cluster_size)
 
 
 def _extension(magic: int, payload: bytes) -> bytes:
