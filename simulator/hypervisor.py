@@ -25,7 +25,7 @@ from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAME
 from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.prober import Prober
 from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule
-from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
+from simulator.storage import Content, FileKind, ImageFile, LocalStorage, Storage
 
 DEFAULT_SIZE = 1 << 20
 NON_BACKING_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - LIBVIRT_BACKING_FORMATS - {"none"}
@@ -61,6 +61,7 @@ class OpError(StrEnum):
     IN_CHAIN = "file-in-chain"
     IMAGE_LOCKED = "image-locked"
     INVALID_CONFIG = "invalid-config"
+    TRANSIENT = "domain-transient"
 
 
 class DiskType(StrEnum):
@@ -189,7 +190,7 @@ class FaultyStorage:
     def canonical(self, path: str) -> str:
         return self.inner.canonical(path)
 
-    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+    def write(self, path: str, data: Content, offset: int | None = None) -> None:
         self.inner.write(path, data, offset)
 
     def remove(self, path: str) -> None:
@@ -460,6 +461,8 @@ class Hypervisor:
         domain = self.domains.get(name)
         if domain is None:
             return _no_domain(name)
+        if not domain.persistent:
+            return _fail(OpError.TRANSIENT, "cannot undefine transient domain")
         if domain.running:
             domain.persistent = False
         else:
@@ -676,7 +679,7 @@ class Hypervisor:
             size = self._virtual_size(disk)
             version = self.rules.overlay_qcow2_version
             image = qcow2.Qcow2Image(size, old_path.encode(), old_format, version)
-            self.storage.write(overlay, qcow2.encode(image))
+            self.storage.write(overlay, qcow2.encode_parts(image))
         new_config = replace(disk.config, path=overlay, format=fmt, backing=())
         if modelled:
             # With nothing cached (a failed forced re-probe emptied it), the old top alone.
@@ -732,7 +735,7 @@ class Hypervisor:
                 config.format or "raw",
                 self.rules.overlay_qcow2_version,
             )
-            self.storage.write(overlay, qcow2.encode(image))
+            self.storage.write(overlay, qcow2.encode_parts(image))
         domain.config = [
             replace(other, path=overlay, format=fmt, backing=()) if other is config else other
             for other in domain.config
@@ -895,7 +898,7 @@ class Hypervisor:
             name_below = below.filename.encode() if below else None
             version = self.rules.overlay_qcow2_version
             image = qcow2.Qcow2Image(size, name_below, below.format if below else None, version)
-            self.storage.write(destination, qcow2.encode(image))
+            self.storage.write(destination, qcow2.encode_parts(image))
         job = self._new_job(
             JobKind.COPY,
             name,

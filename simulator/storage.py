@@ -32,6 +32,10 @@ def kind_of_mode(mode: int) -> FileKind:
     return FileKind.OTHER
 
 
+Content = bytes | tuple[bytes | memoryview, ...]
+"""A file's new content: bytes, or parts in order (an image's header, then a shared rest)."""
+
+
 class ImageFile(Protocol):
     """An open image: what it is, how long it is, and its bytes."""
 
@@ -61,7 +65,7 @@ class Storage(Protocol):
         """The path with symlinks and dots resolved; raises OSError when it does not exist."""
         ...
 
-    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+    def write(self, path: str, data: Content, offset: int | None = None) -> None:
         """Writes ``data``: as the whole new content (``offset`` None) or over the bytes at
         ``offset`` of an existing file; raises OSError."""
         ...
@@ -101,6 +105,10 @@ class _LocalImage:
         self._file.close()
 
 
+def _joined(content: Content) -> bytes:
+    return content if isinstance(content, bytes) else b"".join(content)
+
+
 class LocalStorage:
     """The host's file system through ``os``."""
 
@@ -116,7 +124,8 @@ class LocalStorage:
     def canonical(self, path: str) -> str:
         return os.path.realpath(path, strict=True)
 
-    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+    def write(self, path: str, data: Content, offset: int | None = None) -> None:
+        data = _joined(data)
         if offset is not None:
             with open(path, "r+b") as file:
                 file.seek(offset)
@@ -140,9 +149,38 @@ class LocalStorage:
 SPARSE_BLOCK = 4096
 
 
+class _MemoryFile:
+    """A file's parts, kept as given: an image's shared rest is never copied."""
+
+    def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b"".join(self._slices(offset, offset + length))
+
+    def written(self, offset: int, data: bytes) -> _MemoryFile:
+        """This file with ``data`` over the bytes at ``offset``; the untouched parts are views."""
+        end = offset + len(data)
+        padding = bytes(max(0, offset - self.size))
+        parts: list[bytes | memoryview] = [*self._slices(0, offset), padding, data]
+        parts += self._slices(end, self.size)
+        return _MemoryFile(tuple(part for part in parts if len(part)))
+
+    def _slices(self, start: int, stop: int) -> list[memoryview]:
+        found: list[memoryview] = []
+        position = 0
+        for part in self.parts:
+            low, high = max(start - position, 0), min(stop - position, len(part))
+            if low < high:
+                found.append(memoryview(part)[low:high])
+            position += len(part)
+        return found
+
+
 class _MemoryImage:
-    def __init__(self, data: bytes | bytearray) -> None:
-        self._data = data
+    def __init__(self, file: _MemoryFile) -> None:
+        self._file = file
 
     @property
     def kind(self) -> FileKind:
@@ -150,10 +188,10 @@ class _MemoryImage:
 
     @property
     def size(self) -> int:
-        return len(self._data)
+        return self._file.size
 
     def read(self, offset: int, length: int) -> bytes:
-        return bytes(self._data[offset : offset + length])
+        return self._file.read(offset, length)
 
     def close(self) -> None:
         pass
@@ -164,9 +202,11 @@ class MemoryStorage:
     permissions. Directories exist implicitly, as the parents of files."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes | bytearray] = {}
+        self.files: dict[str, _MemoryFile] = {}
 
     def _key(self, path: str) -> str:
+        if path.startswith("/") and "/." not in path and "//" not in path:
+            return path.rstrip("/") or "/"  # already normal: the common case, kept cheap
         return os.path.normpath(os.path.join("/", path))
 
     def kind(self, path: str) -> FileKind | None:
@@ -177,10 +217,10 @@ class MemoryStorage:
         return FileKind.DIR if any(name.startswith(prefix) for name in self.files) else None
 
     def open(self, path: str) -> ImageFile:
-        data = self.files.get(self._key(path))
-        if data is None:
+        file = self.files.get(self._key(path))
+        if file is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        return _MemoryImage(data)
+        return _MemoryImage(file)
 
     def canonical(self, path: str) -> str:
         key = self._key(path)
@@ -188,17 +228,22 @@ class MemoryStorage:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         return key
 
-    def write(self, path: str, data: bytes, offset: int | None = None) -> None:
+    def read_bytes(self, path: str) -> bytes:
+        """A file's whole content (for tests and tools)."""
+        file = self.files.get(self._key(path))
+        if file is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return _joined(file.parts)
+
+    def write(self, path: str, data: Content, offset: int | None = None) -> None:
         key = self._key(path)
         if offset is None:
-            self.files[key] = bytes(data)  # no copy of an immutable image
+            self.files[key] = _MemoryFile(data if isinstance(data, tuple) else (data,))
             return
         existing = self.files.get(key)
         if existing is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        changed = existing if isinstance(existing, bytearray) else bytearray(existing)
-        changed[offset : offset + len(data)] = data
-        self.files[key] = changed
+        self.files[key] = existing.written(offset, _joined(data))
 
     def remove(self, path: str) -> None:
         if self.files.pop(self._key(path), None) is None:

@@ -9,15 +9,16 @@ operations that read a stale cache.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
-from simulator.formats.qcow2 import Qcow2Image, encode
+from simulator.formats.qcow2 import Qcow2Image, encode_parts
 from simulator.hypervisor import Counters, DiskConfig, FaultyStorage, Hypervisor, Outcome
 from simulator.model import Chain
 from simulator.profiles import Profile
@@ -77,7 +78,7 @@ def make_chain(directory: str, depth: int, storage: Storage | None = None) -> st
     for index, name in enumerate(names):
         below = names[index + 1].encode() if index + 1 < depth else None
         image = Qcow2Image(SIZE, below, "qcow2" if below else None, version=2)
-        storage.write(name, encode(image))
+        storage.write(name, encode_parts(image))
     return names[0]
 
 
@@ -102,7 +103,7 @@ def run(
     by_operation: dict[str, OperationCost] = {}
     started = time.perf_counter()
     for label, step in workload.steps:
-        before, seconds = replace(hypervisor.counters), hypervisor.prober_seconds
+        before, seconds = copy.copy(hypervisor.counters), hypervisor.prober_seconds
         ok = step(hypervisor, directory).ok
         if not ok:
             failed += 1
@@ -435,7 +436,7 @@ def _attach_data_disk(number: int) -> Step:
 
     def step(hv: Hypervisor, directory: str) -> Outcome:
         path = os.path.join(directory, f"data-{number:03d}.qcow2")
-        hv.storage.write(path, encode(Qcow2Image(SIZE, None, None, version=2)))
+        hv.storage.write(path, encode_parts(Qcow2Image(SIZE, None, None, version=2)))
         return hv.attach("vm", DiskConfig(_data_disk_target(number), path, "qcow2"))
 
     return step

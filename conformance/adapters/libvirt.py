@@ -138,6 +138,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"Domain not found|no domain with matching name", "no-such-domain"),
     (r"domain '[^']*' already exists|already exists with uuid", "domain-exists"),
     (r"domain is not running", "domain-not-running"),
+    (r"cannot undefine transient domain", "domain-transient"),
     (r"domain is already running|domain is already active", "domain-running"),
     (r"target \S+ already exists|target '[^']*' duplicated", "disk-exists"),
     (r"disk '[^']*' not found|No device with bus|not found in domain", "no-such-disk"),

@@ -297,7 +297,14 @@ class Qcow2Image:
 
 
 def encode(image: Qcow2Image) -> bytes:
-    """An empty qcow2 image: header, extensions, backing name, refcount table and block, L1.
+    """An empty qcow2 image (see ``encode_parts``), as one string of bytes."""
+    header, rest = encode_parts(image)
+    return header + rest
+
+
+def encode_parts(image: Qcow2Image) -> tuple[bytes, memoryview]:
+    """An empty qcow2 image as its header (header, extensions, backing name) and the rest
+    (refcount table and block, L1), which images of one geometry share.
 
     The layout follows qemu-img 7.2 (v3: header_length 112, backing format
     extension first, backing name after the end marker), so that ``qemu-img
@@ -347,27 +354,24 @@ def encode(image: Qcow2Image) -> bytes:
     if image.version == 3:
         fields += struct.pack(">QQQII", incompatible, 0, 0, 4, header_length)
         fields += bytes(header_length - len(fields))
-    first = bytearray(cluster_size)
-    first[: len(fields)] = fields
-    first[header_length : header_length + len(extensions)] = extensions
+    header = fields + bytes(header_length - len(fields)) + extensions
     if image.backing_name:
-        first[backing_offset : backing_offset + len(backing)] = backing
-    return bytes(first) + _tables(image.cluster_bits, l1_clusters)
+        header += bytes(backing_offset - len(header)) + backing
+    # The rest is shared by every image of this geometry: a view, not a copy.
+    return header, memoryview(_empty_image(image.cluster_bits, l1_clusters))[len(header) :]
 
 
 @cache
-def _tables(cluster_bits: int, l1_clusters: int) -> bytes:
-    """The clusters after the header: refcount table, refcount block, an empty L1.
-
-    They depend on the geometry only, and a simulation encodes thousands of overlays.
-    """
+def _empty_image(cluster_bits: int, l1_clusters: int) -> bytes:
+    """All of an image but its header: a zero first cluster, the refcount table and block,
+    an empty L1. They depend on the geometry only, and a simulation encodes thousands."""
     cluster_size = 1 << cluster_bits
     table = bytearray(cluster_size)
     table[0:8] = struct.pack(">Q", 2 * cluster_size)
     block = bytearray(cluster_size)
     for index in range(3 + l1_clusters):
         block[index * 2 : index * 2 + 2] = struct.pack(">H", 1)
-    return bytes(table) + bytes(block) + bytes(l1_clusters * cluster_size)
+    return bytes(cluster_size) + bytes(table) + bytes(block) + bytes(l1_clusters * cluster_size)
 
 
 def _extension(magic: int, payload: bytes) -> bytes:
