@@ -22,7 +22,7 @@ from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKi
 from simulator.formats import qcow2
 from simulator.formats.header import Header, HeaderRejected, decode_c_name
 from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
-from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
+from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType, evolve
 from simulator.prober import Prober
 from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule
 from simulator.storage import Content, FileKind, ImageFile, LocalStorage, Storage
@@ -322,7 +322,7 @@ class Hypervisor:
             return OK
         if not local:
             top = Layer(config.path, config.format or "raw", LayerType.NETWORK)
-            disk.chain = Chain((replace(top, index=disk.top_index),), False)
+            disk.chain = Chain((evolve(top, index=disk.top_index),), False)
             return OK
         if self.rules.user_backing_store and _user_chain(config):
             return self._determine_user_chain(domain, disk)
@@ -397,17 +397,17 @@ class Hypervisor:
     def _assign_detected(
         self, domain: Domain, disk: LiveDisk, layers: tuple[Layer, ...], terminated: bool
     ) -> Chain:
-        top = replace(layers[0], index=disk.top_index)
+        top = evolve(layers[0], index=disk.top_index)
         below = []
         for depth, layer in enumerate(layers[1:], start=1):
             if self.rules.index is IndexRule.DOMAIN_COUNTER:
-                below.append(replace(layer, index=self._new_index(domain)))
+                below.append(evolve(layer, index=self._new_index(domain)))
             else:
-                below.append(replace(layer, index=depth))
+                below.append(evolve(layer, index=depth))
         return Chain((top, *below), terminated)
 
     def _with_indexes(self, chain: Chain, top_index: int) -> Chain:
-        layers = tuple(replace(layer, index=depth) for depth, layer in enumerate(chain.layers))
+        layers = tuple(evolve(layer, index=depth) for depth, layer in enumerate(chain.layers))
         return Chain(layers, chain.terminated)
 
     def _number_hotplugged(self, domain: Domain, disk: LiveDisk) -> None:
@@ -423,7 +423,7 @@ class Hypervisor:
             # An ejected drive's empty source is numbered too (observed with libvirt 9.0).
             disk.top_index = self._new_index(domain)
             return
-        layers = tuple(replace(layer, index=self._new_index(domain)) for layer in disk.chain.layers)
+        layers = tuple(evolve(layer, index=self._new_index(domain)) for layer in disk.chain.layers)
         disk.chain = Chain(layers, disk.chain.terminated)
         disk.top_index = layers[0].index
 
@@ -684,14 +684,14 @@ class Hypervisor:
         if modelled:
             # With nothing cached (a failed forced re-probe emptied it), the old top alone.
             index = self._new_index(domain) if self.rules.index is IndexRule.DOMAIN_COUNTER else 0
-            below = [replace(current.layers[0], index=disk.top_index)]
+            below = [evolve(current.layers[0], index=disk.top_index)]
             recorded = self._recorded_backing(overlay, fmt) if reuse else None
             if recorded is not None and backing_names.is_relative(recorded):
                 # e20853e1d: the old top's relPath is what the user's overlay records.
-                below[0] = replace(below[0], relative_path=recorded)
+                below[0] = evolve(below[0], relative_path=recorded)
             below += current.layers[1:]
             if self.rules.index is IndexRule.DEPTH:
-                below = [replace(layer, index=depth + 1) for depth, layer in enumerate(below)]
+                below = [evolve(layer, index=depth + 1) for depth, layer in enumerate(below)]
             top = Layer(overlay, fmt, index=index)
             disk.chain = Chain((top, *below), current.terminated)
             disk.top_index = index

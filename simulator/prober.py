@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from simulator import backing as backing_names
@@ -22,7 +22,7 @@ from simulator.formats.header import (
     decode_c_name,
 )
 from simulator.formats.names import LIBVIRT_FORMAT_NAMES
-from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
+from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType, evolve
 from simulator.profiles import (
     DetectionRule,
     HeaderDecoder,
@@ -327,7 +327,7 @@ class _LibvirtWalk:
         assert name is not None
         format = self._backing_format(info)
         if not self.profile.json_backing_names and not backing_names.is_file_name(name):
-            self.layers[-1] = replace(layer, backing_full=name)
+            self.layers[-1] = evolve(layer, backing_full=name)
             return _End.UNKNOWN
         try:
             location = backing_names.parse_backing(name)
@@ -346,10 +346,10 @@ class _LibvirtWalk:
                 hosts=location.hosts,
                 probe_safe=info.backing_probe_safe,
             )
-            self.layers[-1] = replace(layer, backing_full=location.path)
+            self.layers[-1] = evolve(layer, backing_full=location.path)
             return network
         if location.kind is backing_names.LocationKind.DIR:
-            self.layers[-1] = replace(layer, backing_full=location.path)
+            self.layers[-1] = evolve(layer, backing_full=location.path)
             return _Pending(location.path or "", format, LayerType.DIR)
         path = location.path or name
         relative = backing_names.is_relative(name)
@@ -362,7 +362,7 @@ class _LibvirtWalk:
                 pending = _Pending(path, format)
                 raise _error_for_os(error, pending, self.layers[0].filename) from None
         kind = self.storage.kind(path)
-        self.layers[-1] = replace(layer, backing_full=path)
+        self.layers[-1] = evolve(layer, backing_full=path)
         return _Pending(
             path,
             format,
