@@ -1261,12 +1261,36 @@ class Hypervisor:
                 layers = chain.layers[:1] + chain.layers[names.index(job.base) :]
                 terminated = chain.terminated
             disk.chain = Chain(layers, terminated)
+            if domain.persistent:
+                self._follow_pull_in_definition(domain, chain, disk.chain)
         elif job.kind is JobKind.COMMIT:
             top_at = names.index(job.top)
             base_at = names.index(job.base) if job.base else len(names) - 1
             disk.chain = Chain(chain.layers[:top_at] + chain.layers[base_at:], chain.terminated)
             if job.delete:
                 self._delete_removed(job)
+
+    def _follow_pull_in_definition(self, domain: Domain, before: Chain, after: Chain) -> None:
+        """S18: a user <backingStore> chain in the persistent definition that matched the live
+        chain becomes the new one; one that did not is dropped (detected at the next start)."""
+        top = before.layers[0].filename
+        updated = []
+        for config in domain.config:
+            if config.path != top or not (config.backing or config.backing_terminated):
+                updated.append(config)
+                continue
+            given = tuple((element.path, element.format) for element in config.backing)
+            live = tuple((layer.filename, layer.format) for layer in before.layers[1:])
+            if given == live[: len(given)]:
+                backing = tuple(
+                    BackingSpec(layer.filename, layer.format) for layer in after.layers[1:]
+                )
+                updated.append(
+                    replace(config, backing=backing, backing_terminated=after.terminated)
+                )
+            else:
+                updated.append(replace(config, backing=(), backing_terminated=False))
+        domain.config = updated
 
     def _complete_pivot(self, domain: Domain, disk: LiveDisk, job: BlockJob) -> Outcome:
         chain = disk.chain
