@@ -143,7 +143,11 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"target \S+ already exists|target '[^']*' duplicated", "disk-exists"),
     (r"disk '[^']*' not found|No device with bus|not found in domain", "no-such-disk"),
     (r"not ready for pivot", "job-not-ready"),
-    (r"already in active block job|block copy still active|has an active block job", "job-active"),
+    (
+        r"already in active block job|block copy still active|has an active block job"
+        r"|block job is running",
+        "job-active",
+    ),
     (r"does not have an active block job|No active block job|no active block job", "no-job"),
     # 9.0's depth limit, which is also how it ends a loop.
     (r"self-referential or too deeply nested|more than \d+ layers deep", "too-deep"),
@@ -163,7 +167,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"active layer requires active flag|active commit requested", "active-commit-needs-flag"),
     (r"absolute path must be used|must be absolute", "invalid-path"),
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
-    (r"is not removable|Cannot change media|can't change media", "not-removable"),
+    (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
     (r"does not support backing store", "invalid-config"),
     (r"not supported|unsupported", "unsupported"),
 )

@@ -265,6 +265,31 @@ def test_a_crashed_runs_domains_are_removed_by_the_next_adapter(libvirt_adapter:
             {},
             "unknown-format",
         ),
+        (
+            "unsupported configuration: disk source can be changed only in removable drives",
+            "change-media",
+            {},
+            "not-removable",
+        ),
+        (
+            "Operation not supported: can't change media while a block job is running on the "
+            "device",
+            "change-media",
+            {},
+            "job-active",
+        ),
+        (
+            "Requested operation is not valid: cannot undefine transient domain",
+            "undefine",
+            {},
+            "domain-transient",
+        ),
+        (
+            "unsupported configuration: storage format 'raw' does not support backing store",
+            "start",
+            {},
+            "invalid-config",
+        ),
     ],
 )
 def test_libvirt_messages_map_to_stable_codes(
