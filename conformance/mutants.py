@@ -422,38 +422,26 @@ def _block_pull_ignoring_base(
     return REFERENCE_BLOCK_PULL(self, name, target, None)
 
 
-def _block_commit_ignoring_shallow(
-    self: Hypervisor,
-    name: str,
-    target: str,
-    top: str | None = None,
-    base: str | None = None,
-    *,
-    active: bool = False,
-    shallow: bool = False,
-    delete: bool = False,
-) -> Outcome:
-    """SHALLOW is accepted but not checked: any base below top will do."""
-    return REFERENCE_BLOCK_COMMIT(
-        self, name, target, top, base, active=active, shallow=False, delete=delete
-    )
+def _block_commit_with_flag_ignored(flag: str) -> Callable[..., Outcome]:
+    """A block commit that accepts ``flag`` and then acts as if it had not been given."""
+
+    def block_commit(
+        self: Hypervisor,
+        name: str,
+        target: str,
+        top: str | None = None,
+        base: str | None = None,
+        **flags: bool,
+    ) -> Outcome:
+        return REFERENCE_BLOCK_COMMIT(self, name, target, top, base, **{**flags, flag: False})
+
+    return block_commit
 
 
-def _block_commit_ignoring_delete(
-    self: Hypervisor,
-    name: str,
-    target: str,
-    top: str | None = None,
-    base: str | None = None,
-    *,
-    active: bool = False,
-    shallow: bool = False,
-    delete: bool = False,
-) -> Outcome:
-    """DELETE is accepted, but the images committed away are left on disk."""
-    return REFERENCE_BLOCK_COMMIT(
-        self, name, target, top, base, active=active, shallow=shallow, delete=False
-    )
+# SHALLOW accepted but not checked: any base below top will do.
+_block_commit_ignoring_shallow = _block_commit_with_flag_ignored("shallow")
+# DELETE accepted, but the images committed away are left on disk.
+_block_commit_ignoring_delete = _block_commit_with_flag_ignored("delete")
 
 
 def _pivot_keeping_the_old_top_index(

@@ -36,6 +36,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from conformance.adapters.base import AdapterError, ImplementationInfo, failed, ok
+from conformance.adapters.reference import LIFECYCLE_CAPABILITIES
 from simulator.formats import qcow2
 from simulator.storage import LocalStorage
 
@@ -54,21 +55,15 @@ unthrottled at 1 byte/s)."""
 DATA_CLUSTER = 64 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
 
-CAPABILITIES = frozenset(
-    {
-        "lifecycle",
-        "transient",
-        "hotplug",
-        "media-change",
-        "snapshot",
-        "block-pull",
-        "block-commit",
-        "block-copy",
-        "active-commit",
-        "user-backing-store",
-        "fault-injection",
-    }
+SIMULATOR_HOOKS = frozenset(
+    {"job-events", "determine-chain", "unreadable-files", "counters", "network-disks"}
 )
+"""What only a simulated hypervisor offers (or, for network disks, needs a server here)."""
+CAPABILITIES = (LIFECYCLE_CAPABILITIES - SIMULATOR_HOOKS - {"daemon-restart"}) | {
+    "active-commit",
+    "user-backing-store",
+}
+"""daemon-restart is added when the suite manages the daemon."""
 
 ENABLE_HINT = (
     "no libvirt daemon answers; start one as root with `scripts/libvirtd-service start` "
