@@ -125,6 +125,10 @@ def error_code_for(message: str, op: str, args: dict[str, Any]) -> str:
             continue
         if code == "image-not-found":
             return _missing_image_code(match.groupdict().get("name"), op, args)
+        if code == "missing-source":
+            # Only a disk (not a cdrom or floppy) must have a source: ejecting one is the
+            # media change that cannot be done, anything else a definition it refuses.
+            return "not-removable" if op == "change-media" else "invalid-config"
         return code
     return "unknown"
 
@@ -163,6 +167,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"absolute path must be used|must be absolute", "invalid-path"),
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
     (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
+    (r"missing source information for device", "missing-source"),
     (r"does not support backing store", "invalid-config"),
     (r"not supported|unsupported", "unsupported"),
 )

@@ -284,6 +284,8 @@ def test_a_crashed_runs_domains_are_removed_by_the_next_adapter(libvirt_adapter:
             {},
             "domain-transient",
         ),
+        ("missing source information for device vda", "change-media", {}, "not-removable"),
+        ("missing source information for device vda", "define", {}, "invalid-config"),
         (
             "unsupported configuration: storage format 'raw' does not support backing store",
             "start",
