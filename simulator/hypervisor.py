@@ -604,6 +604,8 @@ class Hypervisor:
         disk = domain.live_disk(target)
         if disk is None:
             return _no_disk(name, target)
+        if self.rules.same_medium_is_noop and path == disk.config.path:
+            return OK
         if disk.config.device not in ("cdrom", "floppy"):
             return _fail(OpError.NOT_REMOVABLE, f"disk '{target}' is not a cdrom or floppy")
         if disk.job is not None:

@@ -165,6 +165,9 @@ class CacheRules:
     definition at it (qemuDomainSnapshotCreateInactiveExternal)."""
     rejects_unknown_format_names: bool = False
     """A definition naming an unknown format, or 'none', is refused when parsed."""
+    same_medium_is_noop: bool = False
+    """A media change (a device update) naming the source the drive already has changes
+    nothing, for any disk (qemuDomainChangeDiskLive, virStorageSourceIsSameLocation)."""
     image_locks: bool = False
     """qemu (2.10+) locks image files: a file one node writes cannot be opened by another,
     in the same qemu or another one, so such a start, hotplug or job fails."""
@@ -269,6 +272,7 @@ _MODERN_CACHE = CacheRules(
     offline_snapshot=True,
     rejects_unknown_format_names=True,
     image_locks=True,
+    same_medium_is_noop=True,
 )
 
 LIBVIRT_1_0 = Profile(
