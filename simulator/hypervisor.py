@@ -1445,7 +1445,11 @@ def _relative_source(path: str) -> ChainError:
 
 
 def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) -> int | None:
-    """virStorageSourceChainLookup: a layer by path, relative name or ``vdX[N]`` index."""
+    """virStorageSourceChainLookup: a layer by path, relative name or ``vdX[N]`` index.
+
+    With ``indexes`` (modern libvirt) a relative name also finds the layer it names from
+    the directory of the layer above (virFindBackingFile), whatever name the chain keeps.
+    """
     start = 0 if below is None else below + 1
     index = _parse_index(name) if indexes else None
     for position in range(start, len(chain.layers)):
@@ -1453,9 +1457,19 @@ def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) ->
         if index is not None:
             if layer.index == index and position > 0:
                 return position
-        elif name in (layer.filename, layer.relative_path):
+        elif name in (layer.filename, layer.relative_path) or (
+            indexes and position > 0 and _names_from_parent(chain, position, name)
+        ):
             return position
     return None
+
+
+def _names_from_parent(chain: Chain, position: int, name: str) -> bool:
+    layer = chain.layers[position]
+    if os.path.isabs(name) or layer.type is not LayerType.FILE:
+        return False
+    parent = os.path.dirname(chain.layers[position - 1].filename)
+    return os.path.realpath(os.path.join(parent, name)) == os.path.realpath(layer.filename)
 
 
 def _parse_index(name: str) -> int | None:
