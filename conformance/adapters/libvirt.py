@@ -140,7 +140,10 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"cannot undefine transient domain", "domain-transient"),
     (r"domain is already running|domain is already active", "domain-running"),
     (r"target \S+ already exists|target '[^']*' duplicated", "disk-exists"),
-    (r"disk '[^']*' not found|No device with bus|not found in domain", "no-such-disk"),
+    (
+        r"disk '[^']*' not found|No device with bus|not found in domain|no disk named",
+        "no-such-disk",
+    ),
     (r"not ready for pivot", "job-not-ready"),
     (
         r"already in active block job|block copy still active|has an active block job"
@@ -367,19 +370,17 @@ class LibvirtAdapter:
 
     def _snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         domain = self._domain(args["domain"])
-        disks = []
-        for disk in _disks(self._live_xml(domain)):
-            target = disk.find("target")
-            dev = target.get("dev") if target is not None else None
-            if dev is None:
-                continue
-            if dev == args["target"]:
-                disks.append(
-                    f"<disk name={quoteattr(dev)} snapshot='external'>"
-                    f"<driver type='qcow2'/><source file={quoteattr(args['overlay'])}/></disk>"
-                )
-            else:
-                disks.append(f"<disk name={quoteattr(dev)} snapshot='no'/>")
+        # The snapshotted disk, then every other disk left out. A target the domain lacks
+        # is named alone, so that libvirt itself refuses it ("no disk named").
+        disks = [
+            f"<disk name={quoteattr(args['target'])} snapshot='external'>"
+            f"<driver type='qcow2'/><source file={quoteattr(args['overlay'])}/></disk>"
+        ]
+        others = [target.get("dev") for target in self._live_xml(domain).iter("target")]
+        if args["target"] in others:
+            for dev in others:
+                if dev is not None and dev != args["target"]:
+                    disks.append(f"<disk name={quoteattr(dev)} snapshot='no'/>")
         lv = self._libvirt
         flags = lv.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | lv.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
         if args.get("reuse"):
