@@ -652,8 +652,6 @@ class Hypervisor:
             return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
         if disk.job is not None:
             return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
-        if not disk.config.path:
-            return _no_source(target)
         exists = self.storage.kind(overlay) is not None
         if reuse and disk.chain is not None and overlay in _shape_names(disk.chain):
             return _in_chain(overlay, target)
@@ -661,6 +659,12 @@ class Hypervisor:
             return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
         if not reuse and exists:
             return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
+        # libvirt 9.0 checks the overlay's file before it finds the drive empty, and by then
+        # it has numbered the overlay.
+        if not disk.config.path:
+            if self.rules.index is IndexRule.DOMAIN_COUNTER:
+                self._new_index(domain)
+            return _no_source(target)
         locked = self._lock_conflict({overlay}, set(), excluding=(disk,))
         if locked is not None:
             return locked
@@ -723,13 +727,13 @@ class Hypervisor:
             return _no_disk(domain.name, target)
         if not os.path.isabs(overlay):
             return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
-        if not config.path:
-            return _no_source(target)
         exists = self.storage.kind(overlay) is not None
         if reuse and not exists:
             return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
         if not reuse and exists:
             return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
+        if not config.path:
+            return _no_source(target)
         if not reuse:
             image = qcow2.Qcow2Image(
                 DEFAULT_SIZE,

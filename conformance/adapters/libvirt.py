@@ -171,6 +171,8 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
     (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
     (r"missing source information for device", "missing-source"),
+    # 9.0 gets as far as qemu with an empty drive's snapshot, then fails on its null node.
+    (r"failed to update capacity data for block node '\(null\)'", "disk-has-no-source"),
     (r"does not support backing store", "invalid-config"),
     (r"not supported|unsupported", "unsupported"),
 )
