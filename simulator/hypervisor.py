@@ -1459,7 +1459,7 @@ def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) ->
     for position in range(start, len(chain.layers)):
         layer = chain.layers[position]
         if index is not None:
-            if layer.index == index and position > 0:
+            if layer.index == index:  # the top too: vda[1] can name the active layer
                 return position
         elif name in (layer.filename, layer.relative_path) or (
             indexes and position > 0 and _names_from_parent(chain, position, name)
