@@ -814,13 +814,6 @@ class Hypervisor:
             wording = "could not find top" if legacy else "could not find image"
             return _fail(OpError.TOP_NOT_FOUND, f"{wording} '{top}' in chain for '{target}'")
         top_name = chain.layers[top_at].filename
-        if top_at == 0 and not self.rules.active_commit:
-            return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
-        if top_at == 0 and not active:
-            return _fail(
-                OpError.ACTIVE_COMMIT_NEEDS_FLAG,
-                f"commit of '{target}' active layer requires active flag",
-            )
         bottom = top_at == len(chain) - 1
         if bottom and not self.rules.terminated_chains:
             return _fail(
@@ -849,6 +842,14 @@ class Hypervisor:
                 # libvirt names the disk's source here, not its target.
                 f"base '{chain.layers[base_at].filename}' is not immediately below "
                 f"'{top_name}' in chain for '{chain.layers[0].filename}'",
+            )
+        # libvirt 9.0 looks the base up before it asks for the active flag.
+        if top_at == 0 and not self.rules.active_commit:
+            return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
+        if top_at == 0 and not active:
+            return _fail(
+                OpError.ACTIVE_COMMIT_NEEDS_FLAG,
+                f"commit of '{target}' active layer requires active flag",
             )
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
