@@ -62,6 +62,7 @@ class OpError(StrEnum):
     IMAGE_LOCKED = "image-locked"
     INVALID_CONFIG = "invalid-config"
     TRANSIENT = "domain-transient"
+    NOT_IN_FORMAT = "image-not-in-format"
 
 
 class DiskType(StrEnum):
@@ -502,9 +503,9 @@ class Hypervisor:
                 outcome = self.determine_disk_chain(domain, disk, False)
                 if not outcome.ok:
                     return outcome
-        locked = self._domain_lock_conflict(domain, live)
-        if locked is not None:
-            return locked
+        refused = self._domain_lock_conflict(domain, live) or self._qemu_open_refusal(live)
+        if refused is not None:
+            return refused
         domain.live = live
         self.granted[name] = set()
         for disk in live:
@@ -573,9 +574,9 @@ class Hypervisor:
         if not outcome.ok:
             return outcome
         self._number_hotplugged(domain, disk)
-        locked = self._lock_conflict(*self._disk_files(disk))
-        if locked is not None:
-            return locked
+        refused = self._lock_conflict(*self._disk_files(disk)) or self._qemu_open_refusal([disk])
+        if refused is not None:
+            return refused
         assert domain.live is not None
         domain.live.append(disk)
         self._grant(name, disk)
@@ -618,9 +619,11 @@ class Hypervisor:
         if not outcome.ok:
             return outcome
         self._number_hotplugged(domain, candidate)
-        locked = self._lock_conflict(*self._disk_files(candidate), excluding=(disk,))
-        if locked is not None:
-            return locked
+        refused = self._lock_conflict(
+            *self._disk_files(candidate), excluding=(disk,)
+        ) or self._qemu_open_refusal([candidate])
+        if refused is not None:
+            return refused
         self._revoke(name, disk, whole_chain=True)
         disk.config = new_config
         disk.top_index = candidate.top_index
@@ -1127,6 +1130,18 @@ class Hypervisor:
             return image.read(0, 4) == qcow2.MAGIC
         finally:
             image.close()
+
+    def _qemu_open_refusal(self, disks: list[LiveDisk]) -> Outcome | None:
+        """qemu opens every layer with the format libvirt gives it: a layer said to be qcow2
+        whose file is not (replaced behind libvirt's back) makes the open fail."""
+        if not self.rules.qemu_checks_layer_formats:
+            return None
+        for disk in disks:
+            local = disk.config.type in (DiskType.FILE, DiskType.BLOCK)
+            for layer in disk.chain.layers if disk.chain and local else ():
+                if layer.format == "qcow2" and not self._is_qcow2(layer.filename):
+                    return _fail(OpError.NOT_IN_FORMAT, "Image is not in qcow2 format")
+        return None
 
     def _lock_key(self, path: str) -> str:
         """What qemu's locks are held on: the file itself, whatever name reaches it."""

@@ -165,6 +165,9 @@ class CacheRules:
     definition at it (qemuDomainSnapshotCreateInactiveExternal)."""
     rejects_unknown_format_names: bool = False
     """A definition naming an unknown format, or 'none', is refused when parsed."""
+    qemu_checks_layer_formats: bool = False
+    """qemu opens each layer with the format libvirt gives it (-blockdev), so a layer whose
+    file is not in that format makes a start or hotplug fail."""
     same_medium_is_noop: bool = False
     """A media change (a device update) naming the source the drive already has changes
     nothing, for any disk (qemuDomainChangeDiskLive, virStorageSourceIsSameLocation)."""
@@ -273,6 +276,7 @@ _MODERN_CACHE = CacheRules(
     rejects_unknown_format_names=True,
     image_locks=True,
     same_medium_is_noop=True,
+    qemu_checks_layer_formats=True,
 )
 
 LIBVIRT_1_0 = Profile(

@@ -174,6 +174,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     # 9.0 gets as far as qemu with an empty drive's snapshot, then fails on its null node.
     (r"failed to update capacity data for block node '\(null\)'", "disk-has-no-source"),
     (r"does not support backing store", "invalid-config"),
+    (r"Image is not in \w+ format", "image-not-in-format"),
     (r"not supported|unsupported", "unsupported"),
 )
 """libvirt 9.0's messages (regular expressions) and the suite's codes, first match wins."""
