@@ -371,6 +371,11 @@ class Hypervisor:
         """The user's <backingStore> elements are trusted: only checked to exist."""
         config = disk.config
         assert config.path is not None
+        if self.storage.kind(config.path) is None:
+            return _fail(
+                ErrorCode.NOT_FOUND.value,
+                f"Cannot access storage file '{config.path}': No such file or directory",
+            )
         layers = [Layer(config.path, config.format or "raw", _layer_type(config))]
         for element in config.backing:
             if self.storage.kind(element.path) is None:
