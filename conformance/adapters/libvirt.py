@@ -141,7 +141,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"domain is already running|domain is already active", "domain-running"),
     (r"target \S+ already exists|target '[^']*' duplicated", "disk-exists"),
     (
-        r"disk '[^']*' not found|No device with bus|not found in domain|no disk named",
+        r"disk '?[^' ]*'? not found|No device with bus|not found in domain|no disk named",
         "no-such-disk",
     ),
     (r"not ready for pivot", "job-not-ready"),
@@ -347,26 +347,26 @@ class LibvirtAdapter:
     def _detach(self, args: dict[str, Any]) -> dict[str, Any]:
         domain = self._domain(args["domain"])
         disk = self._live_disk(domain, args["target"])
-        if disk is None:
-            return failed("no-such-disk", f"disk '{args['target']}' not found")
-        domain.detachDeviceFlags(ET.tostring(disk, "unicode"), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        # A disk the live XML lacks (or a domain that is off) is still asked for, so that
+        # libvirt itself answers.
+        xml = ET.tostring(disk, "unicode") if disk is not None else _disk_xml(args)
+        domain.detachDeviceFlags(xml, self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
         self._wait_until_gone(domain, args["target"])
         return ok()
 
     def _change_media(self, args: dict[str, Any]) -> dict[str, Any]:
         domain = self._domain(args["domain"])
         disk = self._live_disk(domain, args["target"])
-        if disk is None:
-            return failed("no-such-disk", f"disk '{args['target']}' not found")
+        found = disk if disk is not None else ET.Element("disk", device="cdrom")
         spec = {
             "target": args["target"],
             "path": args.get("path"),
             "format": args.get("format"),
-            "device": disk.get("device", "disk"),
-            "type": disk.get("type", "file"),
+            "device": found.get("device", "disk"),
+            "type": found.get("type", "file"),
         }
         domain.updateDeviceFlags(
-            _disk_xml(spec, bus=_bus_of(disk)),
+            _disk_xml(spec, bus=_bus_of(found) if disk is not None else None),
             self._libvirt.VIR_DOMAIN_AFFECT_LIVE | self._libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE,
         )
         return ok()
