@@ -508,7 +508,7 @@ class Hypervisor:
                 outcome = self.determine_disk_chain(domain, disk, False)
                 if not outcome.ok:
                     return outcome
-        refused = self._domain_lock_conflict(domain, live) or self._qemu_open_refusal(live)
+        refused = self._domain_lock_conflict(live) or self._qemu_open_refusal(live)
         if refused is not None:
             return refused
         domain.live = live
@@ -1080,9 +1080,14 @@ class Hypervisor:
     # -- internals ----------------------------------------------------------------------
 
     def _lock_conflict(
-        self, writes: set[str], reads: set[str], excluding: tuple[LiveDisk, ...] = ()
+        self,
+        writes: set[str],
+        reads: set[str],
+        excluding: tuple[LiveDisk, ...] = (),
+        starting: tuple[LiveDisk, ...] = (),
     ) -> Outcome | None:
-        """qemu's image locks: the files a new node writes or reads, against every running disk.
+        """qemu's image locks: the files a new node writes or reads, against every running disk
+        and the ``starting`` disks of a domain not running yet.
 
         A file written by one node cannot be opened by another; a file read by
         one node cannot be written by another. Read-only sharing is allowed.
@@ -1091,13 +1096,13 @@ class Hypervisor:
             return None
         written: set[str] = set()
         opened: set[str] = set()
-        for domain in self.domains.values():
-            for disk in domain.live or ():
-                if any(disk is other for other in excluding):
-                    continue
-                disk_writes, disk_reads = self._disk_files(disk)
-                written |= disk_writes
-                opened |= disk_writes | disk_reads
+        running = [disk for domain in self.domains.values() for disk in domain.live or ()]
+        for disk in [*running, *starting]:
+            if any(disk is other for other in excluding):
+                continue
+            disk_writes, disk_reads = self._disk_files(disk)
+            written |= disk_writes
+            opened |= disk_writes | disk_reads
         canonical = self._lock_key
         for path in sorted(writes):
             if canonical(path) in opened:
@@ -1155,18 +1160,10 @@ class Hypervisor:
         except OSError:
             return os.path.abspath(path)
 
-    def _domain_lock_conflict(self, domain: Domain, live: list[LiveDisk]) -> Outcome | None:
+    def _domain_lock_conflict(self, live: list[LiveDisk]) -> Outcome | None:
         """A starting domain's disks, against each other and against every running domain."""
         for position, disk in enumerate(live):
-            writes, reads = self._disk_files(disk)
-            earlier = live[:position]
-            for other in earlier:
-                other_writes, other_reads = self._disk_files(other)
-                for path in sorted(writes & (other_writes | other_reads)):
-                    return _locked(path, shared=False)
-                for path in sorted(reads & other_writes):
-                    return _locked(path, shared=True)
-            problem = self._lock_conflict(writes, reads)
+            problem = self._lock_conflict(*self._disk_files(disk), starting=tuple(live[:position]))
             if problem is not None:
                 return problem
         return None

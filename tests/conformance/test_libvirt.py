@@ -19,21 +19,15 @@ import pytest
 
 from conformance.adapters.base import AdapterError
 from conformance.adapters.reference import ReferenceAdapter
-from conformance.catalogue import CASES_DIR, Case, load_cases
+from conformance.catalogue import Case
 from conformance.expectations import load_expectations
 from conformance.runner import Runner, Status
 from images.build import build
 from images.spec import linear
+from tests.conformance.test_lifecycle_catalogue import lifecycle_cases
 
 EXPECTATIONS = Path(__file__).parents[2] / "conformance" / "expectations" / "libvirt-9.0.json"
 ENABLE = "no libvirt daemon on qemu:///system; enable with: sudo scripts/libvirtd-service start"
-
-
-def _lifecycle_cases() -> list[Case]:
-    cases: list[Case] = []
-    for path in sorted((CASES_DIR / "lifecycle").rglob("*.json")):
-        cases.extend(load_cases(json.loads(path.read_text()), str(path.relative_to(CASES_DIR))))
-    return cases
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def libvirt_adapter() -> Iterator[Any]:
 KNOWN = load_expectations(EXPECTATIONS)
 
 
-@pytest.mark.parametrize("case", _lifecycle_cases(), ids=lambda case: case.id)
+@pytest.mark.parametrize("case", lifecycle_cases(), ids=lambda case: case.id)
 def test_lifecycle_case_against_libvirt(libvirt_adapter: Any, case: Case) -> None:
     runner = Runner(libvirt_adapter, libvirt_adapter.info.profile)
     missing = runner.missing_capabilities(case)
@@ -65,7 +59,7 @@ def test_lifecycle_case_against_libvirt(libvirt_adapter: Any, case: Case) -> Non
 
 
 def test_every_known_failure_names_a_lifecycle_case() -> None:
-    ids = {case.id for case in _lifecycle_cases()}
+    ids = {case.id for case in lifecycle_cases()}
     assert set(KNOWN) <= ids
 
 
@@ -143,7 +137,7 @@ def _substitute(step: dict[str, Any], directory: Path) -> dict[str, Any]:
 def test_nothing_is_left_behind_when_cases_fail_or_hang(libvirt_adapter: Any) -> None:
     """A failing case and one whose implementation stops answering both end with their
     domains destroyed and undefined and their directories removed."""
-    cases = {case.id: case for case in _lifecycle_cases()}
+    cases = {case.id: case for case in lifecycle_cases()}
     failing = _with_wrong_expectation(cases["lifecycle.block-pull.s18-full-pull"])
     hanging = cases["lifecycle.block-commit.s19-intermediate-commit"]
     runner = Runner(libvirt_adapter, libvirt_adapter.info.profile)
