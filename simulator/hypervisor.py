@@ -771,11 +771,9 @@ class Hypervisor:
             addressing = self.rules.index is not IndexRule.NONE
             base_layer = _lookup(chain, base, below=0, indexes=addressing)
             if base_layer is None or base_layer == 0:
-                return _fail(
-                    OpError.BASE_NOT_FOUND,
-                    f"could not find image '{base}' beneath '{chain.layers[0].filename}' "
-                    f"in chain for '{target}'",
-                )
+                top_name = chain.layers[0].filename
+                message = _not_in_chain(base, target, top_name, indexes=addressing)
+                return _fail(OpError.BASE_NOT_FOUND, message)
         removed = tuple(
             layer.filename for layer in chain.layers[1 : base_layer if base_layer else None]
         )
@@ -807,43 +805,20 @@ class Hypervisor:
         """virDomainBlockCommit: the data of ``top`` and below (down to ``base``) into base."""
         domain, disk, problem = self._job_disk(name, target)
         if disk is None:
+            if problem.code == OpError.NOT_RUNNING and self.rules.commit_looks_up_offline:
+                return self._commit_offline(name, target, top, base)
             return problem
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        addressing = self.rules.index is not IndexRule.NONE
-        legacy = self.rules.legacy_commit_wording
         if delete and not self.rules.commit_delete:
             return _fail(
                 OpError.UNSUPPORTED, "unsupported flags (0x2) in function qemuDomainBlockCommit"
             )
-        top_at = 0 if top is None else _lookup(chain, top, below=None, indexes=addressing)
-        if top_at is None:
-            wording = "could not find top" if legacy else "could not find image"
-            return _fail(OpError.TOP_NOT_FOUND, f"{wording} '{top}' in chain for '{target}'")
+        top_at, base_at, problem = self._commit_range(chain, target, top, base)
+        if top_at is None or base_at is None:
+            return problem
         top_name = chain.layers[top_at].filename
-        bottom = top_at == len(chain) - 1
-        if bottom and not self.rules.terminated_chains:
-            return _fail(
-                OpError.TOP_HAS_NO_BACKING,
-                f"top '{top_name}' in chain for '{target}' has no backing file",
-            )
-        if bottom:
-            return _fail(
-                OpError.BASE_NOT_FOUND, f"could not find base image in chain for '{target}'"
-            )
-        if base is None:
-            base_at: int | None = len(chain) - 1
-        else:
-            base_at = _lookup(chain, base, below=top_at, indexes=addressing)
-        if base_at is None:
-            if legacy:
-                message = f"could not find base '{base}' below '{top_name}' in chain for '{target}'"
-            else:
-                message = (
-                    f"could not find image '{base}' beneath '{top_name}' in chain for '{target}'"
-                )
-            return _fail(OpError.BASE_NOT_FOUND, message)
         if shallow and base_at != top_at + 1:
             return _fail(
                 OpError.BASE_NOT_BELOW_TOP,
@@ -878,6 +853,54 @@ class Hypervisor:
         )
         disk.job = job.id
         return OK
+
+    def _commit_range(
+        self, chain: Chain, target: str, top: str | None, base: str | None
+    ) -> tuple[int | None, int | None, Outcome]:
+        """The positions of ``top`` and ``base`` in the chain, or why they are not there."""
+        addressing = self.rules.index is not IndexRule.NONE
+        legacy = self.rules.legacy_commit_wording
+        top_at = 0 if top is None else _lookup(chain, top, below=None, indexes=addressing)
+        if top_at is None:
+            assert top is not None
+            if legacy:
+                message = f"could not find top '{top}' in chain for '{target}'"
+            else:
+                message = _not_in_chain(top, target, None, indexes=addressing)
+            return None, None, _fail(OpError.TOP_NOT_FOUND, message)
+        top_name = chain.layers[top_at].filename
+        if top_at == len(chain) - 1:
+            if not self.rules.terminated_chains:
+                message = f"top '{top_name}' in chain for '{target}' has no backing file"
+                return top_at, None, _fail(OpError.TOP_HAS_NO_BACKING, message)
+            message = f"could not find base image in chain for '{target}'"
+            return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
+        if base is None:
+            return top_at, len(chain) - 1, OK
+        base_at = _lookup(chain, base, below=top_at, indexes=addressing)
+        if base_at is not None:
+            return top_at, base_at, OK
+        if legacy:
+            message = f"could not find base '{base}' below '{top_name}' in chain for '{target}'"
+        else:
+            message = _not_in_chain(base, target, top_name, indexes=addressing)
+        return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
+
+    def _commit_offline(self, name: str, target: str, top: str | None, base: str | None) -> Outcome:
+        """A shut-off domain: top and base are looked up in its definition first, where the
+        chain is only what the user wrote, and only then is the domain found not running."""
+        domain = self.domains[name]
+        config = next((config for config in domain.config if config.target == target), None)
+        if config is None:
+            return _no_disk(name, target)
+        # An empty drive's source prints as '<null>' in libvirt's message.
+        layers = [Layer(config.path or "<null>", config.format or "raw", _layer_type(config))]
+        layers += [Layer(element.path, element.format) for element in config.backing]
+        chain = Chain(tuple(layers), config.backing_terminated)
+        top_at, base_at, problem = self._commit_range(chain, target, top, base)
+        if top_at is None or base_at is None:
+            return problem
+        return _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
 
     def block_copy(
         self,
@@ -1486,6 +1509,16 @@ def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) ->
     return None
 
 
+def _not_in_chain(name: str, target: str, beneath: str | None, indexes: bool) -> str:
+    """virStorageSourceChainLookup's message for a name, or index, it did not find."""
+    index = _parse_index(name) if indexes else None
+    if index is not None:
+        return f"could not find backing store index '{index}' in chain for '{target}'"
+    if beneath is not None:
+        return f"could not find image '{name}' beneath '{beneath}' in chain for '{target}'"
+    return f"could not find image '{name}' in chain for '{target}'"
+
+
 def _names_from_parent(chain: Chain, position: int, name: str) -> bool:
     layer = chain.layers[position]
     if os.path.isabs(name) or layer.type is not LayerType.FILE:
@@ -1497,7 +1530,8 @@ def _names_from_parent(chain: Chain, position: int, name: str) -> bool:
 def _parse_index(name: str) -> int | None:
     if name.endswith("]") and "[" in name:
         number = name[name.index("[") + 1 : -1]
-        if number.isdigit():
+        # libvirt's index 0 means "not an index": vda[0] is looked up as a name.
+        if number.isdigit() and int(number) > 0:
             return int(number)
     return None
 

@@ -174,6 +174,10 @@ class CacheRules:
     image_locks: bool = False
     """qemu (2.10+) locks image files: a file one node writes cannot be opened by another,
     in the same qemu or another one, so such a start, hotplug or job fails."""
+    commit_looks_up_offline: bool = False
+    """Block commit of a shut-off domain's disk looks top and base up in the definition,
+    where the chain is only the user's <backingStore>, before it finds the domain not
+    running (seen on libvirt 9.0; pull and copy check the domain first)."""
 
 
 class HeaderDecoder(StrEnum):
@@ -277,6 +281,7 @@ _MODERN_CACHE = CacheRules(
     image_locks=True,
     same_medium_is_noop=True,
     qemu_checks_layer_formats=True,
+    commit_looks_up_offline=True,
 )
 
 LIBVIRT_1_0 = Profile(
