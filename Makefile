@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	# pip compiles an installed package's bytecode, but not an editable one's.
+	$(BIN)/python -m compileall -q simulator conformance images
 	touch $(STAMP)
 
 venv: $(STAMP)
