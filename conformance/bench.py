@@ -184,22 +184,29 @@ def build_chain(directory: Path, layers: int, size: int = 1 << 20) -> Path:
     return directory / names[0]
 
 
-def median_seconds(command: Sequence[str], runs: int, cwd: Path | None = None) -> float:
-    """The median wall time of ``runs`` runs of ``command`` as a whole process."""
-    times = []
+def median_seconds(
+    commands: Sequence[Sequence[str]], runs: int, cwd: Path | None = None
+) -> list[float]:
+    """The median wall time of ``runs`` runs of each command as a whole process.
+
+    The commands take turns, run by run, so that a change in the machine's load while
+    they are measured weighs on each of them alike instead of on whichever ran then.
+    """
+    times: list[list[float]] = [[] for _ in commands]
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(
-            list(command),
-            cwd=cwd,
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=SUBPROCESS_TIMEOUT,
-        )
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for command, measured in zip(commands, times, strict=True):
+            start = time.perf_counter()
+            subprocess.run(
+                list(command),
+                cwd=cwd,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=SUBPROCESS_TIMEOUT,
+            )
+            measured.append(time.perf_counter() - start)
+    return [statistics.median(measured) for measured in times]
 
 
 def time_native(spec: ChainSpec, directory: Path) -> float:
@@ -334,10 +341,8 @@ def probe_rows(settings: Settings, qemu_img: str | None, progress: Progress) -> 
                 ).stdout
             )
             subprocess.run(ours, cwd=directory, check=True, stdout=subprocess.DEVNULL)
-            progress(f"probe: {layers} layers, qemu-img x{settings.repeat}")
-            qemu_seconds = median_seconds(theirs, settings.repeat, directory)
-            progress(f"probe: {layers} layers, chainsuite x{settings.repeat}")
-            our_seconds = median_seconds(ours, settings.repeat, directory)
+            progress(f"probe: {layers} layers, qemu-img and chainsuite x{settings.repeat}")
+            qemu_seconds, our_seconds = median_seconds([theirs, ours], settings.repeat, directory)
         row = timed_row(row_id, figure, our_seconds, qemu_seconds, "qemu-img info", target)
         rows.append(
             replace(

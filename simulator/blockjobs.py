@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from simulator.model import Chain
+
 
 class JobKind(StrEnum):
     PULL = "pull"
@@ -64,6 +66,10 @@ class BlockJob:
     """The image above a commit's top: qemu rewrites its backing to ``base``."""
     base_format: str | None = None
     """``base``'s format, which qemu records in the header it rewrites."""
+    mirror_index: int = 0
+    """The index a copy's destination was given when the copy started."""
+    mirror_chain: Chain | None = None
+    """A reused shallow destination's chain, detected when the copy started."""
 
 
 @dataclass(frozen=True)

@@ -661,21 +661,12 @@ class Hypervisor:
         if disk.job is not None:
             return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
         exists = self.storage.kind(overlay) is not None
-        if reuse and disk.chain is not None and overlay in _shape_names(disk.chain):
+        if reuse and self._refuses_as_in_chain(disk, overlay):
             return _in_chain(overlay, target)
         if reuse and not exists:
             return _fail(OpError.FILE_MISSING, f"missing existing file for disk {target}")
         if not reuse and exists:
             return _fail(OpError.FILE_EXISTS, f"external snapshot file for disk {target} exists")
-        # libvirt 9.0 checks the overlay's file before it finds the drive empty, and by then
-        # it has numbered the overlay.
-        if not disk.config.path:
-            if self.rules.index is IndexRule.DOMAIN_COUNTER:
-                self._new_index(domain)
-            return _no_source(target)
-        locked = self._lock_conflict({overlay}, set(), excluding=(disk,))
-        if locked is not None:
-            return locked
         modelled = self.rules.snapshot is SnapshotRule.MODEL
         if modelled:
             current = disk.chain or Chain((Layer(disk.config.path or "", "raw"),), False)
@@ -683,7 +674,18 @@ class Hypervisor:
             outcome = self._validate_depth(disk, current, 1)
             if not outcome.ok:
                 return outcome
-        else:
+        # libvirt 9.0 numbers the overlay before it finds the drive empty or qemu refuses to
+        # open it, so such a snapshot still uses up an index.
+        counter = self.rules.index is IndexRule.DOMAIN_COUNTER
+        overlay_index = self._new_index(domain) if counter else 0
+        if not disk.config.path:
+            return _no_source(target)
+        refused = self._lock_conflict({overlay}, set())
+        if refused is None and reuse:
+            refused = self._not_in_format(overlay, fmt)
+        if refused is not None:
+            return refused
+        if not modelled:
             # "nuke the existing chain so that future commands will recompute it"
             disk.chain = None
             disk.stale_reason = None
@@ -697,7 +699,7 @@ class Hypervisor:
         new_config = replace(disk.config, path=overlay, format=fmt, backing=())
         if modelled:
             # With nothing cached (a failed forced re-probe emptied it), the old top alone.
-            index = self._new_index(domain) if self.rules.index is IndexRule.DOMAIN_COUNTER else 0
+            index = overlay_index
             below = [evolve(current.layers[0], index=disk.top_index)]
             recorded = self._recorded_backing(overlay, fmt) if reuse else None
             if recorded is not None and backing_names.is_relative(recorded):
@@ -918,7 +920,7 @@ class Hypervisor:
         if not os.path.isabs(destination):
             return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
         exists = self.storage.kind(destination) is not None
-        if reuse and disk.chain is not None and destination in _shape_names(disk.chain):
+        if reuse and self._refuses_as_in_chain(disk, destination):
             return _in_chain(destination, target)
         if reuse and not exists:
             return _fail(OpError.FILE_MISSING, f"missing destination file '{destination}'")
@@ -927,9 +929,23 @@ class Hypervisor:
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        locked = self._lock_conflict({destination}, set(), excluding=(disk,))
-        if locked is not None:
-            return locked
+        # libvirt 9.0 numbers the mirror before qemu opens it, so a copy qemu refuses
+        # still uses up its index; a reused shallow destination's backing is detected.
+        mirror = LiveDisk(replace(disk.config, path=destination, format="qcow2", backing=()))
+        if self.rules.index is IndexRule.DOMAIN_COUNTER:
+            mirror.top_index = self._new_index(domain)
+            if reuse and shallow:
+                outcome = self.determine_disk_chain(domain, mirror, False)
+                if not outcome.ok:
+                    return outcome
+        mirror_reads = (
+            {layer.filename for layer in mirror.chain.layers[1:]} if mirror.chain else set()
+        )
+        refused = self._lock_conflict({destination}, mirror_reads)
+        if refused is None and reuse:
+            refused = self._not_in_format(destination, "qcow2")
+        if refused is not None:
+            return refused
         if not reuse:
             size = self._virtual_size(disk)
             below = chain.layers[1] if shallow and len(chain) > 1 else None
@@ -945,6 +961,8 @@ class Hypervisor:
             destination=destination,
             shallow=shallow,
             reuse=reuse,
+            mirror_index=mirror.top_index,
+            mirror_chain=mirror.chain,
         )
         disk.job = job.id
         return OK
@@ -1102,6 +1120,13 @@ class Hypervisor:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _refuses_as_in_chain(self, disk: LiveDisk, path: str) -> bool:
+        """A reused snapshot overlay or copy destination already in the disk's chain. With
+        image locks libvirt has no such check: qemu refuses to open the file for writing."""
+        if self.rules.image_locks or disk.chain is None:
+            return False
+        return path in _shape_names(disk.chain)
+
     def _lock_conflict(
         self,
         writes: set[str],
@@ -1167,14 +1192,19 @@ class Hypervisor:
     def _qemu_open_refusal(self, disks: list[LiveDisk]) -> Outcome | None:
         """qemu opens every layer with the format libvirt gives it: a layer said to be qcow2
         whose file is not (replaced behind libvirt's back) makes the open fail."""
-        if not self.rules.qemu_checks_layer_formats:
-            return None
         for disk in disks:
             local = disk.config.type in (DiskType.FILE, DiskType.BLOCK)
             for layer in disk.chain.layers if disk.chain and local else ():
-                if layer.format == "qcow2" and not self._is_qcow2(layer.filename):
-                    return _fail(OpError.NOT_IN_FORMAT, "Image is not in qcow2 format")
+                refused = self._not_in_format(layer.filename, layer.format)
+                if refused is not None:
+                    return refused
         return None
+
+    def _not_in_format(self, path: str, fmt: str) -> Outcome | None:
+        """qemu opening ``path`` as ``fmt`` (only qcow2 has a magic it checks)."""
+        if not self.rules.qemu_checks_layer_formats or fmt != "qcow2" or self._is_qcow2(path):
+            return None
+        return _fail(OpError.NOT_IN_FORMAT, "Image is not in qcow2 format")
 
     def _lock_key(self, path: str) -> str:
         """What qemu's locks are held on: the file itself, whatever name reaches it."""
@@ -1344,12 +1374,17 @@ class Hypervisor:
         if job.kind is JobKind.COPY:
             assert job.destination is not None
             mirror = LiveDisk(
-                replace(disk.config, path=job.destination, format="qcow2", backing=())
+                replace(disk.config, path=job.destination, format="qcow2", backing=()),
+                chain=job.mirror_chain,
+                top_index=job.mirror_index,
             )
-            if self.rules.index is IndexRule.DOMAIN_COUNTER:
-                mirror.top_index = self._new_index(domain)
             if self.rules.models_jobs:
-                if chain is None:
+                if mirror.chain is not None:
+                    # Detected when the copy started: what changed since is not seen.
+                    fresh = self.fresh_chain(mirror.config)
+                    if isinstance(fresh, ChainError) or _shape(fresh) != _shape(mirror.chain):
+                        mirror.stale_reason = "mirror-chain-detected-at-copy-start"
+                elif chain is None:
                     outcome = self.determine_disk_chain(domain, mirror, False)
                     if not outcome.ok:
                         return outcome

@@ -436,10 +436,10 @@ class LibvirtAdapter:
             flags |= lv.VIR_DOMAIN_BLOCK_COPY_SHALLOW
         if args.get("reuse"):
             flags |= lv.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+        # The protocol's destination is a qcow2 image, reused or not.
         destination = args["destination"]
-        fmt = _format_on_disk(destination) if args.get("reuse") else "qcow2"
         xml = (
-            f"<disk type='file'><driver type={quoteattr(fmt)}/>"
+            f"<disk type='file'><driver type='qcow2'/>"
             f"<source file={quoteattr(destination)}/></disk>"
         )
         domain = self._domain(args["domain"])
@@ -719,15 +719,6 @@ def _escape(text: str) -> str:
 
 def _dotted(version: int) -> str:
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
-
-
-def _format_on_disk(path: str) -> str:
-    """How a user would describe an existing destination: qcow2 by its magic, raw otherwise."""
-    try:
-        with open(path, "rb") as image:
-            return "qcow2" if image.read(4) == QCOW2_MAGIC else "raw"
-    except OSError:
-        return "raw"
 
 
 def _give_images_data(directory: Path) -> None:
