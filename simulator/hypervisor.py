@@ -762,9 +762,15 @@ class Hypervisor:
 
     def block_pull(self, name: str, target: str, base: str | None = None) -> Outcome:
         """virDomainBlockRebase/Pull: stream the chain above ``base`` into the active layer."""
-        domain, disk, problem = self._job_disk(name, target)
+        first = self.rules.job_arguments_first
+        domain, disk, problem = self._job_disk(name, target, empty_ok=first)
         if disk is None:
             return problem
+        if not disk.config.path:
+            if base is not None:
+                # libvirt 9.0 looks the base up below the empty drive's null source first.
+                return _fail(OpError.BASE_NOT_FOUND, _not_in_chain(base, target, "<null>", True))
+            return _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
@@ -805,10 +811,12 @@ class Hypervisor:
         delete: bool = False,
     ) -> Outcome:
         """virDomainBlockCommit: the data of ``top`` and below (down to ``base``) into base."""
+        if self.rules.job_arguments_first:
+            looked_up = self._commit_lookups_first(name, target, top, base)
+            if looked_up is not None:
+                return looked_up
         domain, disk, problem = self._job_disk(name, target)
         if disk is None:
-            if problem.code == OpError.NOT_RUNNING and self.rules.commit_looks_up_offline:
-                return self._commit_offline(name, target, top, base)
             return problem
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
@@ -888,21 +896,40 @@ class Hypervisor:
             message = _not_in_chain(base, target, top_name, indexes=addressing)
         return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
 
-    def _commit_offline(self, name: str, target: str, top: str | None, base: str | None) -> Outcome:
-        """A shut-off domain: top and base are looked up in its definition first, where the
-        chain is only what the user wrote, and only then is the domain found not running."""
-        domain = self.domains[name]
-        config = next((config for config in domain.config if config.target == target), None)
-        if config is None:
-            return _no_disk(name, target)
-        # An empty drive's source prints as '<null>' in libvirt's message.
-        layers = [Layer(config.path or "<null>", config.format or "raw", _layer_type(config))]
-        layers += [Layer(element.path, element.format) for element in config.backing]
-        chain = Chain(tuple(layers), config.backing_terminated)
+    def _commit_lookups_first(
+        self, name: str, target: str, top: str | None, base: str | None
+    ) -> Outcome | None:
+        """Top and base looked up before the domain and disk are checked, in the chain
+        libvirt has then: the definition of a shut-off domain (the top and the user's
+        <backingStore>), a null top for an empty drive, the cache of a disk with a job.
+        None: go on with the usual checks."""
+        domain = self.domains.get(name)
+        if domain is None:
+            return None
+        if domain.running:
+            disk = domain.live_disk(target)
+            if disk is None:
+                return None
+            config = disk.config
+            if config.path and (disk.job is None or disk.chain is None):
+                return None
+            chain = disk.chain if config.path else None
+            blocked = None if config.path else _no_source(target)
+        else:
+            found = [config for config in domain.config if config.target == target]
+            if not found:
+                return _no_disk(name, target)
+            config, chain = found[0], None
+            blocked = _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
+        if chain is None:
+            # An empty drive's source prints as '<null>' in libvirt's messages.
+            layers = [Layer(config.path or "<null>", config.format or "raw", _layer_type(config))]
+            layers += [Layer(element.path, element.format) for element in config.backing]
+            chain = Chain(tuple(layers), config.backing_terminated)
         top_at, base_at, problem = self._commit_range(chain, target, top, base)
         if top_at is None or base_at is None:
             return problem
-        return _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
+        return blocked
 
     def block_copy(
         self,
@@ -914,11 +941,15 @@ class Hypervisor:
         reuse: bool = False,
     ) -> Outcome:
         """virDomainBlockCopy: mirror the disk to ``destination``; pivot or abort later."""
-        domain, disk, problem = self._job_disk(name, target)
+        first = self.rules.job_arguments_first
+        relative = not os.path.isabs(destination)
+        if first and relative and name in self.domains:
+            return _relative_copy_destination(destination)
+        domain, disk, problem = self._job_disk(name, target, empty_ok=first)
         if disk is None:
             return problem
-        if not os.path.isabs(destination):
-            return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
+        if relative:
+            return _relative_copy_destination(destination)
         exists = self.storage.kind(destination) is not None
         if reuse and self._refuses_as_in_chain(disk, destination):
             return _in_chain(destination, target)
@@ -926,18 +957,23 @@ class Hypervisor:
             return _fail(OpError.FILE_MISSING, f"missing destination file '{destination}'")
         if not reuse and exists:
             return _fail(OpError.FILE_EXISTS, f"destination file '{destination}' exists")
+        # libvirt 9.0 numbers the mirror before it finds the drive empty or qemu refuses to
+        # open the destination, so such a copy still uses up its index; a reused shallow
+        # destination's backing is detected and numbered too.
+        counter = self.rules.index is IndexRule.DOMAIN_COUNTER
+        if not disk.config.path:
+            if counter:
+                self._new_index(domain)
+            return _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        # libvirt 9.0 numbers the mirror before qemu opens it, so a copy qemu refuses
-        # still uses up its index; a reused shallow destination's backing is detected.
         mirror = LiveDisk(replace(disk.config, path=destination, format="qcow2", backing=()))
-        if self.rules.index is IndexRule.DOMAIN_COUNTER:
-            mirror.top_index = self._new_index(domain)
-            if reuse and shallow:
-                outcome = self.determine_disk_chain(domain, mirror, False)
-                if not outcome.ok:
-                    return outcome
+        mirror.top_index = self._new_index(domain) if counter else 0
+        if counter and reuse and shallow:
+            outcome = self.determine_disk_chain(domain, mirror, False)
+            if not outcome.ok:
+                return outcome
         mirror_reads = (
             {layer.filename for layer in mirror.chain.layers[1:]} if mirror.chain else set()
         )
@@ -1243,7 +1279,9 @@ class Hypervisor:
             return None, _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
         return domain, OK
 
-    def _job_disk(self, name: str, target: str) -> tuple[Domain, LiveDisk | None, Outcome]:
+    def _job_disk(
+        self, name: str, target: str, empty_ok: bool = False
+    ) -> tuple[Domain, LiveDisk | None, Outcome]:
         domain, problem = self._running(name)
         if domain is None:
             return Domain(name, False, []), None, problem
@@ -1258,7 +1296,7 @@ class Hypervisor:
             )
         if disk.config.type not in (DiskType.FILE, DiskType.BLOCK):
             return domain, None, _fail(OpError.UNSUPPORTED, "block jobs need a local disk")
-        if not disk.config.path:
+        if not disk.config.path and not empty_ok:
             return domain, None, _no_source(target)
         return domain, disk, OK
 
@@ -1599,6 +1637,10 @@ def _layer_type(config: DiskConfig) -> LayerType:
 
 def _no_domain(name: str) -> Outcome:
     return _fail(OpError.NO_DOMAIN, f"no domain with matching name '{name}'")
+
+
+def _relative_copy_destination(destination: str) -> Outcome:
+    return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
 
 
 def _no_source(target: str) -> Outcome:

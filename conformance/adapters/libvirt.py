@@ -171,8 +171,10 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
     (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
     (r"missing source information for device", "missing-source"),
-    # 9.0 gets as far as qemu with an empty drive's snapshot, then fails on its null node.
+    # 9.0 gets as far as qemu with an empty drive's snapshot or copy, then fails on its null
+    # node; a pull of an empty drive sends qemu a null device.
     (r"failed to update capacity data for block node '\(null\)'", "disk-has-no-source"),
+    (r"argument key 'device' must not have null value", "disk-has-no-source"),
     (r"does not support backing store", "invalid-config"),
     (r"Image is not in \w+ format", "image-not-in-format"),
     (r"not supported|unsupported", "unsupported"),
