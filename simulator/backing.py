@@ -132,8 +132,8 @@ def resolve_relative_qemu(overlay_filename: str, backing: str) -> str:
     backing = c_string(backing)
     if not backing:
         raise ValueError("an empty backing name names no file")
-    stop = next((index for index, char in enumerate(backing) if char in ":/"), len(backing))
-    if backing[stop : stop + 1] == ":" or backing.startswith("/"):
+    colon, slash = backing.find(":"), backing.find("/")
+    if (colon >= 0 and (slash < 0 or colon < slash)) or slash == 0:
         return backing
     return overlay_filename[: overlay_filename.rfind("/") + 1] + backing
 

@@ -45,6 +45,8 @@ QEMU_FORMATS = frozenset(
     | {"vhdx", "vmdk", "vpc"}
 )
 QEMU_FILE_PROTOCOLS = frozenset({"file", "host_device", "host_cdrom"})
+QEMU_DRIVERS = QEMU_FORMATS | QEMU_FILE_PROTOCOLS
+"""What qemu accepts as a layer's driver: a format, or a file protocol alone."""
 QEMU_NETWORK_PROTOCOLS = frozenset(
     {"nbd", "nbd+tcp", "nbd+unix", "http", "https", "ftp", "ftps", "ssh", "iscsi", "iser"}
     | {"rbd", "gluster", "gluster+tcp", "gluster+unix", "gluster+rdma", "nfs", "nvme"}
@@ -435,7 +437,7 @@ class _QemuWalk:
 
     def _open(self, name: str, format: str | None, is_top: bool) -> tuple[Layer, HeaderInfo]:
         filename, format = self._file_of(name, format)
-        if format is not None and format not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
+        if format is not None and format not in QEMU_DRIVERS:
             raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{format}'", name)
         try:
             image = self.storage.open(filename)
@@ -578,7 +580,7 @@ def _qemu_json_file(name: str, recorded: str | None) -> tuple[str, str | None]:
     network_keys = ("file.driver",) if overridden else ("driver", "file.driver")
     if any(options.get(key) in QEMU_NETWORK_PROTOCOLS for key in network_keys):
         raise _network_backing(name)
-    if driver is not None and driver not in QEMU_FORMATS | QEMU_FILE_PROTOCOLS:
+    if driver is not None and driver not in QEMU_DRIVERS:
         raise ChainError(ErrorCode.UNKNOWN_FORMAT, f"Unknown driver '{driver}'", name)
     if driver in QEMU_FILE_PROTOCOLS:
         return str(options.get("filename", "")), driver

@@ -40,9 +40,14 @@ COMPAT_LAZY_REFCOUNTS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
 
 _CRYPT_NAMES = {1: "aes", 2: "luks"}
+_NO_FEATURES: frozenset[str] = frozenset()
+_EXTENSION_HEAD = struct.Struct(">II")
+"""A header extension's type and length."""
 
 
 def _feature_names(incompatible: int, compatible: int) -> frozenset[str]:
+    if not incompatible and not compatible:
+        return _NO_FEATURES  # the common case, once per layer
     names = set()
     for bit, name in (
         (INCOMPAT_DIRTY, "dirty"),
@@ -259,8 +264,7 @@ def _qemu_extensions(header: Header, start: int, end: int) -> _Extensions:
     data_file = None
     offset = start
     while offset < end:
-        magic = header.u32be(offset)
-        length = header.u32be(offset + 4)
+        magic, length = header.unpack(_EXTENSION_HEAD, offset)
         offset += 8
         if offset > end or length > end - offset:
             raise HeaderRejected("Header extension too large")
