@@ -752,10 +752,15 @@ class Hypervisor:
                 self.rules.overlay_qcow2_version,
             )
             self.storage.write(overlay, qcow2.encode_parts(image))
-        domain.config = [
-            replace(other, path=overlay, format=fmt, backing=()) if other is config else other
-            for other in domain.config
-        ]
+        backing: tuple[BackingSpec, ...] = ()
+        if not reuse and config.backing:
+            # The old source, with the <backingStore> the user gave it, goes below.
+            backing = (BackingSpec(config.path, config.format or "raw"), *config.backing)
+        terminated = bool(backing) and config.backing_terminated
+        new_config = replace(
+            config, path=overlay, format=fmt, backing=backing, backing_terminated=terminated
+        )
+        domain.config = [new_config if other is config else other for other in domain.config]
         return OK
 
     # -- block jobs ---------------------------------------------------------------------
