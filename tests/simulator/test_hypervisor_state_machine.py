@@ -595,6 +595,7 @@ class HypervisorMachine(RuleBasedStateMachine):
     def block_copy(self, shallow: bool, reuse: bool, data: st.DataObject) -> Any:
         name, target = self.draw_idle_disk(data)
         destination = self.fresh_name("copy")
+        before = self.max_index.get(name, 0)
         if reuse:
             # The user pre-creates the destination: on the same backing for a shallow copy.
             chain = self.known_chain(name, target)
@@ -614,6 +615,11 @@ class HypervisorMachine(RuleBasedStateMachine):
         )
         if outcome.ok:
             self.formats[destination] = "qcow2"
+            if self.modern:
+                disk = self.disk_of(name, target)
+                assert disk is not None and disk.job is not None
+                mirror_index = self.hv.jobs[disk.job].mirror_index
+                assert mirror_index > before, "the copy's destination reused an index"
             self.progress(data, name, target)
         if outcome.ok or reuse:
             return destination
@@ -655,7 +661,6 @@ class HypervisorMachine(RuleBasedStateMachine):
     def pivot(self, name: str, target: str) -> None:
         disk = self.disk_of(name, target)
         job = self.hv.jobs.get(disk.job) if disk and disk.job is not None else None
-        before = self.max_index.get(name, 0)
         outcome = self.op(
             f"block_job_pivot({name!r}, {target!r})", self.hv.block_job_pivot, name, target
         )
@@ -663,8 +668,9 @@ class HypervisorMachine(RuleBasedStateMachine):
             assert job is not None and disk is not None
             assert disk.job is None and job.id not in self.hv.jobs
             if job.kind == "copy" and self.modern:
+                # libvirt 9.0 numbers the destination when the copy starts.
                 assert disk.chain is not None
-                assert disk.chain.layers[0].index > before, "the copy's top reused an index"
+                assert disk.chain.layers[0].index == job.mirror_index
 
     @precondition(lambda self: bool(self.hv.jobs))
     @rule(data=st.data())
