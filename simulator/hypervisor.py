@@ -595,6 +595,10 @@ class Hypervisor:
         disk = domain.live_disk(target)
         if disk is None:
             return _no_disk(name, target)
+        if disk.config.device in ("cdrom", "floppy"):
+            # Removable media are changed, never unplugged (qemuDomainDetachPrepDisk).
+            message = f"disk device type '{disk.config.device}' cannot be detached"
+            return _fail(OpError.UNSUPPORTED, message)
         if disk.job is not None:
             return _fail(OpError.JOB_ACTIVE, f"disk '{target}' has an active block job")
         self._revoke(name, disk, whole_chain=self.rules.detach_revokes_cached_chain)
