@@ -786,7 +786,7 @@ class Hypervisor:
         base_layer = None
         if base is not None:
             addressing = self.rules.index is not IndexRule.NONE
-            base_layer = _lookup(chain, base, below=0, indexes=addressing)
+            base_layer = _lookup(chain, base, target, below=0, indexes=addressing)
             if base_layer is None or base_layer == 0:
                 top_name = chain.layers[0].filename
                 message = _not_in_chain(base, target, top_name, indexes=addressing)
@@ -879,7 +879,9 @@ class Hypervisor:
         """The positions of ``top`` and ``base`` in the chain, or why they are not there."""
         addressing = self.rules.index is not IndexRule.NONE
         legacy = self.rules.legacy_commit_wording
-        top_at = 0 if top is None else _lookup(chain, top, below=None, indexes=addressing)
+        top_at: int | None = 0
+        if top is not None:
+            top_at = _lookup(chain, top, target, below=None, indexes=addressing)
         if top_at is None:
             assert top is not None
             if legacy:
@@ -896,7 +898,7 @@ class Hypervisor:
             return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
         if base is None:
             return top_at, len(chain) - 1, OK
-        base_at = _lookup(chain, base, below=top_at, indexes=addressing)
+        base_at = _lookup(chain, base, target, below=top_at, indexes=addressing)
         if base_at is not None:
             return top_at, base_at, OK
         if legacy:
@@ -1571,14 +1573,16 @@ def _relative_source(path: str) -> ChainError:
     )
 
 
-def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) -> int | None:
+def _lookup(
+    chain: Chain, name: str, target: str, below: int | None, indexes: bool = True
+) -> int | None:
     """virStorageSourceChainLookup: a layer by path, relative name or ``vdX[N]`` index.
 
     With ``indexes`` (modern libvirt) a relative name also finds the layer it names from
     the directory of the layer above (virFindBackingFile), whatever name the chain keeps.
     """
     start = 0 if below is None else below + 1
-    index = _parse_index(name) if indexes else None
+    index = _parse_index(name, target) if indexes else None
     for position in range(start, len(chain.layers)):
         layer = chain.layers[position]
         if index is not None:
@@ -1593,7 +1597,11 @@ def _lookup(chain: Chain, name: str, below: int | None, indexes: bool = True) ->
 
 def _not_in_chain(name: str, target: str, beneath: str | None, indexes: bool) -> str:
     """virStorageSourceChainLookup's message for a name, or index, it did not find."""
-    index = _parse_index(name) if indexes else None
+    addressed = _chain_index(name) if indexes else None
+    if addressed is not None and addressed[0] != target:
+        # virStorageFileParseChainIndex: another disk's index names nothing here.
+        return f"requested target '{addressed[0]}' does not match target '{target}'"
+    index = _parse_index(name, target) if indexes else None
     if index is not None:
         return f"could not find backing store index '{index}' in chain for '{target}'"
     if beneath is not None:
@@ -1609,13 +1617,20 @@ def _names_from_parent(chain: Chain, position: int, name: str) -> bool:
     return os.path.realpath(os.path.join(parent, name)) == os.path.realpath(layer.filename)
 
 
-def _parse_index(name: str) -> int | None:
+def _chain_index(name: str) -> tuple[str, int] | None:
+    """``vdX[N]``: the disk target and the index. libvirt's index 0 means "not an index":
+    ``vda[0]`` is looked up as a name (seen on 9.0, whichever disk it names)."""
     if name.endswith("]") and "[" in name:
-        number = name[name.index("[") + 1 : -1]
-        # libvirt's index 0 means "not an index": vda[0] is looked up as a name.
+        target, _, number = name[:-1].partition("[")
         if number.isdigit() and int(number) > 0:
-            return int(number)
+            return target, int(number)
     return None
+
+
+def _parse_index(name: str, target: str) -> int | None:
+    """The index ``name`` addresses in ``target``'s chain, if it is one."""
+    addressed = _chain_index(name)
+    return addressed[1] if addressed is not None and addressed[0] == target else None
 
 
 def _user_chain(config: DiskConfig) -> bool:

@@ -124,7 +124,7 @@ def error_code_for(message: str, op: str, args: dict[str, Any]) -> str:
         if match is None:
             continue
         if code == "image-not-found":
-            return _missing_image_code(match.groupdict().get("name"), op, args)
+            return _missing_image_code(match.groupdict(), op, args)
         if code == "missing-source":
             # Only a disk (not a cdrom or floppy) must have a source: ejecting one is the
             # media change that cannot be done, anything else a definition it refuses.
@@ -164,6 +164,7 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"could not find image '[^']*' beneath|could not find base image", "base-not-found"),
     (r"could not find image '(?P<name>[^']*)' in chain", "image-not-found"),
     (r"could not find backing store index '(?P<name>\d+)'", "image-not-found"),
+    (r"requested target '(?P<target>[^']*)' does not match target", "image-not-found"),
     (r"is not immediately below", "base-not-below-top"),
     (r"has no backing file", "top-has-no-backing"),
     (r"active layer requires active flag|active commit requested", "active-commit-needs-flag"),
@@ -182,15 +183,17 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
 """libvirt 9.0's messages (regular expressions) and the suite's codes, first match wins."""
 
 
-def _missing_image_code(name: str | None, op: str, args: dict[str, Any]) -> str:
-    # libvirt names the image (or index) it could not find, not which argument it was.
+def _missing_image_code(named: dict[str, str | None], op: str, args: dict[str, Any]) -> str:
+    # libvirt names the image, the index or the other disk it could not find, not which
+    # argument it was.
+    name, target = named.get("name"), named.get("target")
     for argument, code in (("top", "top-not-found"), ("base", "base-not-found")):
         given = args.get(argument)
-        if (
-            given is not None
-            and name is not None
-            and (given == name or given.endswith(f"[{name}]"))
-        ):
+        if given is None:
+            continue
+        if name is not None and (given == name or given.endswith(f"[{name}]")):
+            return code
+        if target is not None and given.startswith(f"{target}["):
             return code
     return "base-not-found" if op == "block-pull" else "top-not-found"
 

@@ -278,6 +278,24 @@ def test_a_crashed_runs_domains_are_removed_by_the_next_adapter(libvirt_adapter:
             {},
             "domain-transient",
         ),
+        (
+            "invalid argument: requested target 'vda' does not match target 'hdc'",
+            "block-pull",
+            {"base": "vda[2]"},
+            "base-not-found",
+        ),
+        (
+            "invalid argument: requested target 'vda' does not match target 'hdc'",
+            "block-commit",
+            {"top": "vda[1]", "base": None},
+            "top-not-found",
+        ),
+        (
+            "invalid argument: argument key 'device' must not have null value",
+            "block-pull",
+            {},
+            "disk-has-no-source",
+        ),
         ("missing source information for device vda", "change-media", {}, "not-removable"),
         ("missing source information for device vda", "define", {}, "invalid-config"),
         (
