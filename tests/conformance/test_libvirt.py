@@ -198,6 +198,21 @@ def test_a_crashed_runs_domains_are_removed_by_the_next_adapter(libvirt_adapter:
 # -- what the adapter reads and writes, without a daemon ----------------------------------
 
 
+def test_faults_change_files_and_a_replaced_file_may_return(
+    libvirt_adapter: Any, tmp_path: Path
+) -> None:
+    """As the reference: replace brings back a deleted file, the others need it there."""
+    source, image = tmp_path / "source.raw", tmp_path / "image.raw"
+    source.write_bytes(b"new content")
+    missing = {"fault": "delete", "path": str(image)}
+    assert libvirt_adapter.call("fault", missing)["error"]["code"] == "file-missing"
+    replace = {"fault": "replace", "path": str(image), "content_from": str(source)}
+    assert libvirt_adapter.call("fault", replace) == {"rc": 0}
+    assert image.read_bytes() == b"new content"
+    assert libvirt_adapter.call("fault", {"fault": "delete", "path": str(image)}) == {"rc": 0}
+    assert not image.exists()
+
+
 @pytest.mark.parametrize(
     ("message", "op", "args", "code"),
     [
