@@ -1112,6 +1112,8 @@ class Hypervisor:
 
     def rewrite_header(self, path: str, backing: str | None, backing_format: str | None) -> Outcome:
         """A qcow2 file's backing name and format changed behind libvirt's back."""
+        if self.storage.kind(path) is None:
+            return _fail(OpError.FILE_MISSING, f"'{path}': no such file")
         if not self._is_qcow2(path):
             return _fail(OpError.UNSUPPORTED, f"only a qcow2 header can be rewritten: '{path}'")
         try:

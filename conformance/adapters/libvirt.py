@@ -531,6 +531,8 @@ class LibvirtAdapter:
             except OSError as error:
                 return failed("file-missing", f"{args['content_from']}: {error.strerror}")
         elif kind == "rewrite-header":
+            if not _is_qcow2(Path(path)):
+                return failed("unsupported", f"only a qcow2 header can be rewritten: '{path}'")
             qcow2.rewrite_backing(
                 LocalStorage(), path, args.get("backing"), args.get("backing_format")
             )
@@ -753,12 +755,15 @@ def _give_images_data(directory: Path) -> None:
 def _qcow2_images(directory: Path) -> list[Path]:
     found = []
     for path in sorted(directory.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        with contextlib.suppress(OSError), open(path, "rb") as image:
-            if image.read(4) == QCOW2_MAGIC:
-                found.append(path)
+        if not path.is_symlink() and path.is_file() and _is_qcow2(path):
+            found.append(path)
     return found
+
+
+def _is_qcow2(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as image:
+        return image.read(4) == QCOW2_MAGIC
+    return False
 
 
 def _restart_libvirtd() -> None:

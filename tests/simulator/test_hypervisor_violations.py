@@ -156,6 +156,19 @@ def test_fault_opens_a_documented_window(profile, fault, where, tmp):
     clean(hv, fault)
 
 
+def test_faults_need_their_file_except_replace_which_brings_it_back(tmp):
+    paths = qcow2_chain(tmp, "base.qcow2")
+    missing, raw = str(tmp / "missing.qcow2"), str(tmp / "raw.img")
+    Path(raw).write_bytes(bytes(4096))
+    hv = Hypervisor(LIBVIRT_MODERN)
+    assert hv.rewrite_header(missing, paths["base.qcow2"], "qcow2").code == OpError.FILE_MISSING
+    assert hv.rewrite_header(raw, None, None).code == OpError.UNSUPPORTED
+    assert Path(raw).read_bytes() == bytes(4096)
+    assert hv.delete_file(missing).code == OpError.FILE_MISSING
+    assert hv.replace_file(missing, Path(raw).read_bytes()).ok
+    assert Path(missing).read_bytes() == bytes(4096)
+
+
 def test_violations_are_found_outside_a_window(tmp):
     """The invariant has teeth: a file changed without telling the hypervisor is reported."""
     for profile in (SEED_V2, LIBVIRT_1_0, LIBVIRT_MODERN):
