@@ -173,9 +173,9 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
     (r"missing source information for device", "missing-source"),
     # 9.0 gets as far as qemu with an empty drive's snapshot or copy, then fails on its null
-    # node; a pull of an empty drive sends qemu a null device.
+    # node; a pull, or a snapshot to a reused overlay, sends qemu a null device or node.
     (r"failed to update capacity data for block node '\(null\)'", "disk-has-no-source"),
-    (r"argument key 'device' must not have null value", "disk-has-no-source"),
+    (r"argument key '(device|node)' must not have null value", "disk-has-no-source"),
     (r"does not support backing store", "invalid-config"),
     (r"Image is not in \w+ format", "image-not-in-format"),
     (r"not supported|unsupported", "unsupported"),

@@ -315,6 +315,12 @@ def test_faults_change_files_and_a_replaced_file_may_return(
             {},
             "disk-has-no-source",
         ),
+        (
+            "internal error: argument key 'node' must not have null value",
+            "snapshot",
+            {},
+            "disk-has-no-source",
+        ),
         ("missing source information for device vda", "change-media", {}, "not-removable"),
         ("missing source information for device vda", "define", {}, "invalid-config"),
         (
