@@ -684,11 +684,10 @@ class Hypervisor:
         overlay_index = self._new_index(domain) if counter else 0
         if not disk.config.path:
             return _no_source(target)
-        refused = self._lock_conflict({overlay}, set())
-        if refused is None and reuse:
-            refused = self._not_in_format(overlay, fmt)
-        if refused is not None:
-            return refused
+        if reuse:  # a new overlay is no file anyone holds
+            refused = self._reused_file_refused(overlay, fmt, set())
+            if refused is not None:
+                return refused
         if not modelled:
             # "nuke the existing chain so that future commands will recompute it"
             disk.chain = None
@@ -985,14 +984,12 @@ class Hypervisor:
             outcome = self.determine_disk_chain(domain, mirror, False)
             if not outcome.ok:
                 return outcome
-        mirror_reads = (
-            {layer.filename for layer in mirror.chain.layers[1:]} if mirror.chain else set()
-        )
-        refused = self._lock_conflict({destination}, mirror_reads)
-        if refused is None and reuse:
-            refused = self._not_in_format(destination, "qcow2")
-        if refused is not None:
-            return refused
+        if reuse:  # a new destination is no file anyone holds
+            recorded_below = mirror.chain.layers[1:] if mirror.chain else ()
+            reads = {layer.filename for layer in recorded_below}
+            refused = self._reused_file_refused(destination, "qcow2", reads)
+            if refused is not None:
+                return refused
         if not reuse:
             size = self._virtual_size(disk)
             below = chain.layers[1] if shallow and len(chain) > 1 else None
@@ -1248,6 +1245,11 @@ class Hypervisor:
                 if refused is not None:
                     return refused
         return None
+
+    def _reused_file_refused(self, path: str, fmt: str, reads: set[str]) -> Outcome | None:
+        """qemu opening a reused overlay or copy destination for writing (and what it
+        records below, for reading): a lock held on it, or a file not in ``fmt``."""
+        return self._lock_conflict({path}, reads) or self._not_in_format(path, fmt)
 
     def _not_in_format(self, path: str, fmt: str) -> Outcome | None:
         """qemu opening ``path`` as ``fmt`` (only qcow2 has a magic it checks)."""
