@@ -685,7 +685,10 @@ class Hypervisor:
         if not disk.config.path:
             return _no_source(target)
         if reuse:  # a new overlay is no file anyone holds
-            refused = self._reused_file_refused(overlay, fmt, set())
+            # A read-only drive's overlay is opened read-only too: it may even be a file
+            # the drive already reads.
+            writable = disk.config.device == "disk"
+            refused = self._reused_file_refused(overlay, fmt, set(), writes=writable)
             if refused is not None:
                 return refused
         if not modelled:
@@ -1246,10 +1249,14 @@ class Hypervisor:
                     return refused
         return None
 
-    def _reused_file_refused(self, path: str, fmt: str, reads: set[str]) -> Outcome | None:
-        """qemu opening a reused overlay or copy destination for writing (and what it
-        records below, for reading): a lock held on it, or a file not in ``fmt``."""
-        return self._lock_conflict({path}, reads) or self._not_in_format(path, fmt)
+    def _reused_file_refused(
+        self, path: str, fmt: str, reads: set[str], writes: bool = True
+    ) -> Outcome | None:
+        """qemu opening a reused overlay or copy destination (for writing, unless not
+        ``writes``) and what it records below (for reading): a lock held on one of them,
+        or a file not in ``fmt``."""
+        opened = ({path}, reads) if writes else (set(), reads | {path})
+        return self._lock_conflict(*opened) or self._not_in_format(path, fmt)
 
     def _not_in_format(self, path: str, fmt: str) -> Outcome | None:
         """qemu opening ``path`` as ``fmt`` (only qcow2 has a magic it checks)."""
