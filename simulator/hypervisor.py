@@ -376,7 +376,7 @@ class Hypervisor:
                 ErrorCode.NOT_FOUND.value,
                 f"Cannot access storage file '{config.path}': No such file or directory",
             )
-        layers = [Layer(config.path, config.format or "raw", _layer_type(config))]
+        layers = list(_defined_layers(config))
         for element in config.backing:
             if self.storage.kind(element.path) is None:
                 return _fail(
@@ -384,7 +384,6 @@ class Hypervisor:
                     f"Cannot access backing file '{element.path}' of storage file "
                     f"'{config.path}': No such file or directory",
                 )
-            layers.append(Layer(element.path, element.format))
         terminated = config.backing_terminated
         if not terminated:
             last = config.backing[-1]
@@ -687,7 +686,7 @@ class Hypervisor:
         if reuse:  # a new overlay is no file anyone holds
             # A read-only drive's overlay is opened read-only too: it may even be a file
             # the drive already reads.
-            writable = disk.config.device == "disk"
+            writable = _writable(disk.config)
             refused = self._reused_file_refused(overlay, fmt, set(), writes=writable)
             if refused is not None:
                 return refused
@@ -780,7 +779,7 @@ class Hypervisor:
         if not disk.config.path:
             if base is not None:
                 # libvirt 9.0 looks the base up below the empty drive's null source first.
-                return _fail(OpError.BASE_NOT_FOUND, _not_in_chain(base, target, "<null>", True))
+                return _fail(OpError.BASE_NOT_FOUND, _not_in_chain(base, target, NULL_SOURCE, True))
             return _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
@@ -919,26 +918,23 @@ class Hypervisor:
         domain = self.domains.get(name)
         if domain is None:
             return None
-        if domain.running:
+        blocked: Outcome | None
+        if not domain.running:
+            config = next((config for config in domain.config if config.target == target), None)
+            if config is None:
+                return _no_disk(name, target)
+            chain = Chain(_defined_layers(config), config.backing_terminated)
+            blocked = _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
+        else:
             disk = domain.live_disk(target)
             if disk is None:
                 return None
-            config = disk.config
-            if config.path and (disk.job is None or disk.chain is None):
+            if not disk.config.path:
+                chain, blocked = Chain(_defined_layers(disk.config), False), _no_source(target)
+            elif disk.job is not None and disk.chain is not None:
+                chain, blocked = disk.chain, None
+            else:
                 return None
-            chain = disk.chain if config.path else None
-            blocked = None if config.path else _no_source(target)
-        else:
-            found = [config for config in domain.config if config.target == target]
-            if not found:
-                return _no_disk(name, target)
-            config, chain = found[0], None
-            blocked = _fail(OpError.NOT_RUNNING, f"domain '{name}' is not running")
-        if chain is None:
-            # An empty drive's source prints as '<null>' in libvirt's messages.
-            layers = [Layer(config.path or "<null>", config.format or "raw", _layer_type(config))]
-            layers += [Layer(element.path, element.format) for element in config.backing]
-            chain = Chain(tuple(layers), config.backing_terminated)
         top_at, base_at, problem = self._commit_range(chain, target, top, base)
         if top_at is None or base_at is None:
             return problem
@@ -981,7 +977,7 @@ class Hypervisor:
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
-        mirror = LiveDisk(replace(disk.config, path=destination, format="qcow2", backing=()))
+        mirror = LiveDisk(_mirror_config(disk.config, destination))
         mirror.top_index = self._new_index(domain) if counter else 0
         if counter and reuse and shallow:
             outcome = self.determine_disk_chain(domain, mirror, False)
@@ -1217,7 +1213,7 @@ class Hypervisor:
             return set(), set()
         names = [layer.filename for layer in disk.chain.layers] if disk.chain else []
         names = names or [disk.config.path]
-        writable = disk.config.device == "disk"
+        writable = _writable(disk.config)
         writes = {canonical(names[0])} if writable else set()
         reads = {canonical(name) for name in (names[1:] if writable else names)}
         job = self.jobs.get(disk.job) if disk.job is not None else None
@@ -1434,7 +1430,7 @@ class Hypervisor:
         if job.kind is JobKind.COPY:
             assert job.destination is not None
             mirror = LiveDisk(
-                replace(disk.config, path=job.destination, format="qcow2", backing=()),
+                _mirror_config(disk.config, job.destination),
                 chain=job.mirror_chain,
                 top_index=job.mirror_index,
             )
@@ -1664,6 +1660,26 @@ def _shape(chain: Chain) -> tuple[str, ...]:
 
 def _shape_names(chain: Chain) -> set[str]:
     return {layer.filename for layer in chain.layers}
+
+
+NULL_SOURCE = "<null>"
+"""How libvirt's messages print an empty drive's source."""
+
+
+def _defined_layers(config: DiskConfig) -> tuple[Layer, ...]:
+    """The chain a definition gives: its source and the user's <backingStore> elements."""
+    top = Layer(config.path or NULL_SOURCE, config.format or "raw", _layer_type(config))
+    return (top, *(Layer(element.path, element.format) for element in config.backing))
+
+
+def _mirror_config(config: DiskConfig, destination: str) -> DiskConfig:
+    """The disk as a block copy's destination makes it: a qcow2 image, nothing given below."""
+    return replace(config, path=destination, format="qcow2", backing=())
+
+
+def _writable(config: DiskConfig) -> bool:
+    """qemu opens a disk's active layer for writing; a cdrom or floppy only for reading."""
+    return config.device == "disk"
 
 
 def _layer_type(config: DiskConfig) -> LayerType:

@@ -53,7 +53,6 @@ THROTTLE_BYTES_PER_SECOND = 1024
 """A job's speed until job-wait lifts it: one 64 KiB cluster a minute (qemu 7.2's stream ran
 unthrottled at 1 byte/s)."""
 DATA_CLUSTER = 64 * 1024
-QCOW2_MAGIC = b"QFI\xfb"
 
 SIMULATOR_HOOKS = frozenset(
     {"job-events", "determine-chain", "unreadable-files", "counters", "network-disks"}
@@ -762,7 +761,7 @@ def _qcow2_images(directory: Path) -> list[Path]:
 
 def _is_qcow2(path: Path) -> bool:
     with contextlib.suppress(OSError), open(path, "rb") as image:
-        return image.read(4) == QCOW2_MAGIC
+        return image.read(4) == qcow2.MAGIC
     return False
 
 
