@@ -157,6 +157,9 @@ class _MemoryFile:
         self.size = sum(len(part) for part in parts)
 
     def read(self, offset: int, length: int) -> bytes:
+        first = self.parts[0] if self.parts else b""
+        if offset + length <= len(first):  # a header read: within the first part
+            return bytes(first[offset : offset + length])
         return b"".join(self._slices(offset, offset + length))
 
     def written(self, offset: int, data: bytes) -> _MemoryFile:
@@ -171,6 +174,8 @@ class _MemoryFile:
         found: list[memoryview] = []
         position = 0
         for part in self.parts:
+            if position >= stop:
+                break
             low, high = max(start - position, 0), min(stop - position, len(part))
             if low < high:
                 found.append(memoryview(part)[low:high])
@@ -203,6 +208,9 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self.files: dict[str, _MemoryFile] = {}
+        self._files_below: dict[str, int] = {}
+        """How many files each directory holds, at any depth: a directory exists while
+        it holds one."""
 
     def _key(self, path: str) -> str:
         if path.startswith("/") and "/." not in path and "//" not in path:
@@ -213,8 +221,7 @@ class MemoryStorage:
         key = self._key(path)
         if key in self.files:
             return FileKind.FILE
-        prefix = key.rstrip("/") + "/"
-        return FileKind.DIR if any(name.startswith(prefix) for name in self.files) else None
+        return FileKind.DIR if key in self._files_below else None
 
     def open(self, path: str) -> ImageFile:
         file = self.files.get(self._key(path))
@@ -238,6 +245,8 @@ class MemoryStorage:
     def write(self, path: str, data: Content, offset: int | None = None) -> None:
         key = self._key(path)
         if offset is None:
+            if key not in self.files:
+                self._count_below(key, 1)
             self.files[key] = _MemoryFile(data if isinstance(data, tuple) else (data,))
             return
         existing = self.files.get(key)
@@ -246,5 +255,19 @@ class MemoryStorage:
         self.files[key] = existing.written(offset, _joined(data))
 
     def remove(self, path: str) -> None:
-        if self.files.pop(self._key(path), None) is None:
+        key = self._key(path)
+        if self.files.pop(key, None) is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        self._count_below(key, -1)
+
+    def _count_below(self, key: str, change: int) -> None:
+        directory = os.path.dirname(key)
+        while True:
+            count = self._files_below.get(directory, 0) + change
+            if count:
+                self._files_below[directory] = count
+            else:
+                del self._files_below[directory]
+            if directory == "/":
+                return
+            directory = os.path.dirname(directory)

@@ -11,7 +11,7 @@ follow the header and end at the backing name.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -63,44 +63,55 @@ def _feature_names(incompatible: int, compatible: int) -> frozenset[str]:
     return frozenset(names)
 
 
+_LIBVIRT_FIELDS = struct.Struct(">IQIIQI")
+"""What libvirt reads from offset 4: version, backing offset and size, cluster bits, size,
+crypt method."""
+
+
 def decode_libvirt(header: Header, rules: LibvirtReadRules) -> HeaderInfo:
     """libvirt's reading (qcowXGetBackingStore, qcow2GetExtensions, qcow2GetFeatures).
 
     Names that are too long or lie outside the read header are not errors:
     libvirt reads them as no backing at all.
     """
-    version = header.u32be(4) if header.has(4, 4) else None
-    size = header.u64be(24) if header.has(24, 8) else None
-    cluster_bits = header.u32be(20) if header.has(20, 4) else 0
-    crypt = header.u32be(32) if header.has(32, 4) else 0
-    features: frozenset[str] = frozenset()
+    if header.has(4, _LIBVIRT_FIELDS.size):  # the common case: one unpack
+        fields = header.unpack(_LIBVIRT_FIELDS, 4)
+        version, backing_offset, backing_size, cluster_bits, size, crypt = fields
+    else:
+        version = header.u32be(4) if header.has(4, 4) else None
+        size = header.u64be(24) if header.has(24, 8) else None
+        cluster_bits = header.u32be(20) if header.has(20, 4) else 0
+        crypt = header.u32be(32) if header.has(32, 4) else 0
+        backing_offset, backing_size = (
+            (header.u64be(8), header.u32be(16)) if header.has(8, 12) else (0, 0)
+        )
+    features: frozenset[str] = _NO_FEATURES
     compat = None
     if version is not None and version >= 3 and header.has(100, 4):
         features = _feature_names(header.u64be(72), header.u64be(80))
         compat = "1.1"
     elif version == 2:
         compat = "0.10"
-    info = HeaderInfo(
+    name = _libvirt_backing_name(header, rules, backing_offset, backing_size)
+    records: tuple[str, ...] = ()
+    if name is not None and version is not None:  # a name lies past the version
+        records = _libvirt_backing_format_records(header, rules, version)
+    return HeaderInfo(
         format="qcow2",
         virtual_size=size,
+        backing_name=name,
+        backing_format_records=records,
         version=version,
         cluster_size=(1 << cluster_bits) if 0 < cluster_bits < 64 else None,
         compat=compat,
         features=features,
         encryption=_CRYPT_NAMES.get(crypt),
     )
-    name = _libvirt_backing_name(header, rules)
-    if name is None:
-        return info
-    records = _libvirt_backing_format_records(header, rules)
-    return replace(info, backing_name=name, backing_format_records=records)
 
 
-def _libvirt_backing_name(header: Header, rules: LibvirtReadRules) -> bytes | None:
-    if not header.has(8, 12):
-        return None
-    offset = header.u64be(8)
-    size = header.u32be(16)
+def _libvirt_backing_name(
+    header: Header, rules: LibvirtReadRules, offset: int, size: int
+) -> bytes | None:
     if offset == 0 or size == 0 or offset > header.length:
         return None
     if rules.backing_name_max is not None and size > rules.backing_name_max:
@@ -110,9 +121,10 @@ def _libvirt_backing_name(header: Header, rules: LibvirtReadRules) -> bytes | No
     return header.get(offset, offset + size)
 
 
-def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> tuple[str, ...]:
+def _libvirt_backing_format_records(
+    header: Header, rules: LibvirtReadRules, version: int
+) -> tuple[str, ...]:
     """Backing-format extensions, scanned the way the era's libvirt scanned them."""
-    version = header.u32be(4)
     if version < 2:
         return ()
     if version == 2 or not rules.qcow2_v3_extensions_at_header_length:
@@ -127,8 +139,7 @@ def _libvirt_backing_format_records(header: Header, rules: LibvirtReadRules) -> 
     found: list[str] = []
     offset = start
     while offset < header.length - 8 and offset < end - 8:
-        magic = header.u32be(offset)
-        length = header.u32be(offset + 4)
+        magic, length = header.unpack(_EXTENSION_HEAD, offset)
         offset += 8
         if offset + length > header.length:
             break
@@ -412,12 +423,10 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
     new_offset = header_length + len(extensions) if name else 0
     if name and new_offset + len(name) > cluster_size:
         raise ValueError("backing name does not fit in the first cluster")
-    cluster = bytearray(first_cluster[:header_length].ljust(cluster_size, b"\0"))
-    cluster[8:20] = struct.pack(">QI", new_offset, len(name) if name else 0)
-    cluster[header_length : header_length + len(extensions)] = extensions
-    if name:
-        cluster[new_offset : new_offset + len(name)] = name
-    return bytes(cluster)
+    backing_fields = struct.pack(">QI", new_offset, len(name) if name else 0)
+    fields = first_cluster[:8] + backing_fields + first_cluster[20:header_length]
+    header = fields.ljust(header_length, b"\0") + extensions + (name or b"")
+    return header + bytes(cluster_size - len(header))
 
 
 def rewrite_backing(
