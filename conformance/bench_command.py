@@ -30,6 +30,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if number < 1:
             print(f"bench: {option}: need at least 1", file=sys.stderr)
             return 2
+    figures = frozenset(bench.FIGURES)
+    if args.only:
+        figures = frozenset(name.strip() for name in args.only.split(",") if name.strip())
+        unknown = sorted(figures - set(bench.FIGURES))
+        if unknown or not figures:
+            known = ", ".join(bench.FIGURES)
+            print(f"bench: --only {args.only}: figures are {known}", file=sys.stderr)
+            return 2
     scratch = Path(args.dir) if args.dir else bench.Settings.default_scratch()
     if scratch is not None and not scratch.is_dir():
         print(f"bench: --dir {scratch}: not a directory", file=sys.stderr)
@@ -42,6 +50,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         quick=args.quick,
         cases=args.cases,
         scratch=scratch,
+        figures=figures,
     )
 
     def progress(message: str) -> None:

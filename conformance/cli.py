@@ -277,6 +277,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cases", metavar="PATTERN", help="time only these catalogue cases (chainsuite run -k)"
     )
     bench.add_argument(
+        "--only",
+        metavar="FIGURE,...",
+        help="measure only these figures: probe, build, simulator, explorer, catalogue",
+    )
+    bench.add_argument(
         "--dir", metavar="DIR", help="scratch directory (default: /dev/shm when there is one)"
     )
     bench.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")

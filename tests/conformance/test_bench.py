@@ -106,6 +106,17 @@ def test_without_qemu_img_its_rows_say_skipped_and_the_rest_is_measured(
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_only_the_figures_asked_for_are_measured(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    arguments = ["bench", *TINY, "--dir", str(tmp_path), "--json", str(report)]
+    assert main([*arguments, "--only", "simulator, explorer"]) == 0
+    document = json.loads(report.read_text())
+    assert [row["id"] for row in document["rows"]] == ["simulator-ops", "explorer"]
+    assert document["settings"]["figures"] == ["simulator", "explorer"]
+    simulator = document["rows"][0]
+    assert simulator["value"] > 0 and simulator["details"]["operations-per-pass"] > 0
+
+
 def test_a_failing_measurement_is_one_skipped_line_not_a_traceback() -> None:
     def broken() -> list[bench.Row]:
         raise subprocess.CalledProcessError(3, ["/usr/bin/qemu-img", "info"])
@@ -147,6 +158,8 @@ def test_ratios_and_verdicts_follow_from_the_numbers() -> None:
     [
         (["--repeat", "0"], "--repeat: need at least 1"),
         (["--layers", "ten"], "--layers ten: need comma-separated counts"),
+        (["--only", "probe,speed"], "--only probe,speed: figures are probe, build, simulator"),
+        (["--only", ","], "--only ,: figures are probe"),
     ],
 )
 def test_bad_sizes_are_usage_errors(
