@@ -854,6 +854,11 @@ class Hypervisor:
                 OpError.ACTIVE_COMMIT_NEEDS_FLAG,
                 f"commit of '{target}' active layer requires active flag",
             )
+        if top_at != 0 and active:
+            return _fail(
+                OpError.ACTIVE_COMMIT_NEEDS_FLAG,
+                f"active commit requested but '{top_name}' is not active",
+            )
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)
