@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from simulator import backing as backing_names
@@ -621,7 +621,7 @@ class Hypervisor:
             return _fail(
                 OpError.JOB_ACTIVE, "can't change media while a block job is running on the device"
             )
-        new_config = replace(disk.config, path=path, format=fmt, backing=())
+        new_config = evolve(disk.config, path=path, format=fmt, backing=())
         candidate = LiveDisk(new_config, top_index=disk.top_index)
         outcome = self.determine_disk_chain(domain, candidate, False)
         if not outcome.ok:
@@ -701,7 +701,7 @@ class Hypervisor:
             version = self.rules.overlay_qcow2_version
             image = qcow2.Qcow2Image(size, old_path.encode(), old_format, version)
             self.storage.write(overlay, qcow2.encode_parts(image))
-        new_config = replace(disk.config, path=overlay, format=fmt, backing=())
+        new_config = evolve(disk.config, path=overlay, format=fmt, backing=())
         if modelled:
             # With nothing cached (a failed forced re-probe emptied it), the old top alone.
             index = overlay_index
@@ -725,7 +725,7 @@ class Hypervisor:
                 disk.stale_reason = "reuse-overlay-backing-not-trusted"
         if domain.persistent:
             domain.config = [
-                replace(config, path=overlay, format=fmt, backing=())
+                evolve(config, path=overlay, format=fmt, backing=())
                 if config.target == target
                 else config
                 for config in domain.config
@@ -762,7 +762,7 @@ class Hypervisor:
             # The old source, with the <backingStore> the user gave it, goes below.
             backing = (BackingSpec(config.path, config.format or "raw"), *config.backing)
         terminated = bool(backing) and config.backing_terminated
-        new_config = replace(
+        new_config = evolve(
             config, path=overlay, format=fmt, backing=backing, backing_terminated=terminated
         )
         domain.config = [new_config if other is config else other for other in domain.config]
@@ -1423,11 +1423,9 @@ class Hypervisor:
                 backing = tuple(
                     BackingSpec(layer.filename, layer.format) for layer in after.layers[1:]
                 )
-                updated.append(
-                    replace(config, backing=backing, backing_terminated=after.terminated)
-                )
+                updated.append(evolve(config, backing=backing, backing_terminated=after.terminated))
             else:
-                updated.append(replace(config, backing=(), backing_terminated=False))
+                updated.append(evolve(config, backing=(), backing_terminated=False))
         domain.config = updated
 
     def _complete_pivot(self, domain: Domain, disk: LiveDisk, job: BlockJob) -> Outcome:
@@ -1479,7 +1477,7 @@ class Hypervisor:
             base_at = names.index(job.base)
             base = chain.layers[base_at]
             old_top = disk.config.path
-            disk.config = replace(disk.config, path=base.filename, format=base.format, backing=())
+            disk.config = evolve(disk.config, path=base.filename, format=base.format, backing=())
             disk.chain = Chain(chain.layers[base_at:], chain.terminated)
             disk.top_index = base.index
             # The images above base leave qemu and lose their access, as in a completed commit.
@@ -1487,7 +1485,7 @@ class Hypervisor:
             if domain.persistent:
                 # qemuBlockJobRewriteConfigDiskSource: only if the config's top is the old top.
                 domain.config = [
-                    replace(config, path=base.filename, format=base.format, backing=())
+                    evolve(config, path=base.filename, format=base.format, backing=())
                     if config.target == disk.config.target and config.path == old_top
                     else config
                     for config in domain.config
@@ -1679,7 +1677,7 @@ def _defined_layers(config: DiskConfig) -> tuple[Layer, ...]:
 
 def _mirror_config(config: DiskConfig, destination: str) -> DiskConfig:
     """The disk as a block copy's destination makes it: a qcow2 image, nothing given below."""
-    return replace(config, path=destination, format="qcow2", backing=())
+    return evolve(config, path=destination, format="qcow2", backing=())
 
 
 def _writable(config: DiskConfig) -> bool:
