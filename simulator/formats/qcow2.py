@@ -425,8 +425,8 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
         raise ValueError("backing name does not fit in the first cluster")
     backing_fields = struct.pack(">QI", new_offset, len(name) if name else 0)
     fields = first_cluster[:8] + backing_fields + first_cluster[20:header_length]
-    header = fields.ljust(header_length, b"\0") + extensions + (name or b"")
-    return header + bytes(cluster_size - len(header))
+    written = fields.ljust(header_length, b"\0") + extensions + (name or b"")
+    return written + bytes(cluster_size - len(written))
 
 
 def rewrite_backing(
