@@ -650,15 +650,21 @@ class Hypervisor:
         self, name: str, target: str, overlay: str, *, reuse: bool = False, fmt: str = "qcow2"
     ) -> Outcome:
         """An external disk-only snapshot of one disk: ``overlay`` becomes the active layer."""
-        stopped = self.domains.get(name)
-        if stopped is not None and not stopped.running and self.rules.offline_snapshot:
-            return self._snapshot_offline(stopped, target, overlay, reuse, fmt)
+        known = self.domains.get(name)
+        if known is not None and self.rules.arguments_first and not os.path.isabs(overlay):
+            return _fail(
+                OpError.INVALID_PATH, f"disk snapshot image path '{overlay}' must be absolute"
+            )
+        if known is not None and not known.running and self.rules.offline_snapshot:
+            return self._snapshot_offline(known, target, overlay, reuse, fmt)
         domain, problem = self._running(name)
         if domain is None:
             return problem
+        missing = _snapshot_disk_missing([disk.config.target for disk in domain.live or ()], target)
+        if missing is not None:
+            return missing
         disk = domain.live_disk(target)
-        if disk is None:
-            return _no_disk(name, target)
+        assert disk is not None
         if not os.path.isabs(overlay):
             return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
         if disk.job is not None:
@@ -737,9 +743,10 @@ class Hypervisor:
         self, domain: Domain, target: str, overlay: str, reuse: bool, fmt: str
     ) -> Outcome:
         """qemuSnapshotCreateInactiveExternal: qemu-img makes the overlay, the config uses it."""
-        config = next((config for config in domain.config if config.target == target), None)
-        if config is None:
-            return _no_disk(domain.name, target)
+        missing = _snapshot_disk_missing([config.target for config in domain.config], target)
+        if missing is not None:
+            return missing
+        config = next(config for config in domain.config if config.target == target)
         if not os.path.isabs(overlay):
             return _fail(OpError.INVALID_PATH, f"snapshot file '{overlay}' must be absolute")
         exists = self.storage.kind(overlay) is not None
@@ -772,7 +779,7 @@ class Hypervisor:
 
     def block_pull(self, name: str, target: str, base: str | None = None) -> Outcome:
         """virDomainBlockRebase/Pull: stream the chain above ``base`` into the active layer."""
-        first = self.rules.job_arguments_first
+        first = self.rules.arguments_first
         domain, disk, problem = self._job_disk(name, target, empty_ok=first)
         if disk is None:
             return problem
@@ -821,7 +828,7 @@ class Hypervisor:
         delete: bool = False,
     ) -> Outcome:
         """virDomainBlockCommit: the data of ``top`` and below (down to ``base``) into base."""
-        if self.rules.job_arguments_first:
+        if self.rules.arguments_first:
             looked_up = self._commit_lookups_first(name, target, top, base)
             if looked_up is not None:
                 return looked_up
@@ -955,7 +962,7 @@ class Hypervisor:
         reuse: bool = False,
     ) -> Outcome:
         """virDomainBlockCopy: mirror the disk to ``destination``; pivot or abort later."""
-        first = self.rules.job_arguments_first
+        first = self.rules.arguments_first
         relative = not os.path.isabs(destination)
         if first and relative and name in self.domains:
             return _relative_copy_destination(destination)
@@ -1703,6 +1710,16 @@ def _no_source(target: str) -> Outcome:
 
 def _in_chain(path: str, target: str) -> Outcome:
     return _fail(OpError.IN_CHAIN, f"'{path}' is already in the backing chain of disk '{target}'")
+
+
+def _snapshot_disk_missing(targets: list[str], target: str) -> Outcome | None:
+    """virDomainSnapshotAlignDisks: the snapshot names one disk, and a domain without
+    disks has fewer than that."""
+    if not targets:
+        return _fail(OpError.UNSUPPORTED, "too many disk snapshot requests for domain")
+    if target not in targets:
+        return _fail(OpError.NO_DISK, f"no disk named '{target}'")
+    return None
 
 
 def _no_disk(name: str, target: str) -> Outcome:

@@ -174,9 +174,11 @@ class CacheRules:
     image_locks: bool = False
     """qemu (2.10+) locks image files: a file one node writes cannot be opened by another,
     in the same qemu or another one, so such a start, hotplug or job fails."""
-    job_arguments_first: bool = False
-    """Block jobs check their arguments before the state of the domain and disk (seen on
-    libvirt 9.0): a copy's destination must be absolute before anything else; commit looks
+    arguments_first: bool = False
+    """Block jobs and snapshots check their arguments before the state of the domain and
+    disk (seen on libvirt 9.0): a snapshot's overlay must be absolute while its XML is
+    parsed, before its disk is looked up; a copy's destination must be absolute before
+    anything else; commit looks
     top and base up before it asks that the domain runs (in a shut-off domain's definition,
     where the chain is only the user's <backingStore>), that the disk has no other job and
     that the drive has a medium; pull looks its base up before the medium check; a copy of
@@ -284,7 +286,7 @@ _MODERN_CACHE = CacheRules(
     image_locks=True,
     same_medium_is_noop=True,
     qemu_checks_layer_formats=True,
-    job_arguments_first=True,
+    arguments_first=True,
 )
 
 LIBVIRT_1_0 = Profile(
