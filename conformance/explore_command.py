@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conformance.adapters.base import Adapter, AdapterError
 
@@ -161,7 +161,17 @@ def _print_finding(finding: Finding) -> None:
         print(f"{marker} {index + 1:2}  {describe_step(step)}")
     print(f"        implementation: {describe_answer(finding.implementation_answer)}")
     print(f"        oracle:         {describe_answer(finding.oracle_answer)}")
+    _print_messages(finding.implementation_answer, finding.oracle_answer)
     print(f"        {finding.problem}")
+
+
+def _print_messages(implementation: dict[str, Any], oracle: dict[str, Any]) -> None:
+    """Each side's error message at the step where they part: a code says what failed,
+    the message often says which check did."""
+    for side, answer in (("implementation", implementation), ("oracle", oracle)):
+        error = answer.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            print(f"        {side} says: {error['message']}")
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -215,6 +225,7 @@ def _print_replay(replayed: Replay) -> bool:
         print(f"        implementation: {describe_answer(exchange.implementation)}")
         print(f"        oracle:         {describe_answer(exchange.oracle)}")
         if index == parting:
+            _print_messages(exchange.implementation, exchange.oracle)
             print(f"        they part here: {exchange.problem}")
     if parting is None:
         print("  they agree on every step")

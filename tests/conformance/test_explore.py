@@ -435,6 +435,34 @@ def test_cli_explore_writes_the_difference_and_replay_shows_it(
     assert "they agree on every step" in out
 
 
+def test_replay_shows_both_messages_where_they_part(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # libvirt 9.0 refuses a relative overlay before it looks the disk up; 2012 did not.
+    case = {
+        "id": "found.relative-overlay-of-a-missing-disk",
+        "description": "a relative overlay for a disk the domain lacks",
+        "provenance": [{"kind": "explorer", "ref": "manual"}],
+        "images": [{"spec": {"name": "one", "layers": [{"name": "top.qcow2", "format": "qcow2"}]}}],
+        "steps": [
+            {"op": "create", "domain": "g", "disks": [{"target": "vda", "path": "$DIR/top.qcow2"}]},
+            {"op": "snapshot", "domain": "g", "target": "vdb", "overlay": "s.qcow2"},
+        ],
+    }
+    written = tmp_path / "found.json"
+    written.write_text(json.dumps({"description": "one difference in wording", "cases": [case]}))
+    argv = ["replay", str(written), "--impl", "reference:libvirt-1.0"]
+    status, out, _ = run_cli(capsys, *argv, "--oracle", "reference:libvirt-modern")
+    assert status == 1
+    lines = out.splitlines()
+    says = [line.strip() for line in lines[lines.index(">  2  snapshot g vdb overlay=s.qcow2") :]]
+    assert says[3:6] == [
+        "implementation says: no disk named 'vdb'",
+        "oracle says: disk snapshot image path 's.qcow2' must be absolute",
+        "they part here: expected error invalid-path, got no-such-disk",
+    ]
+
+
 def test_cli_explore_takes_the_implementations_own_profile_as_oracle(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
