@@ -156,17 +156,7 @@ class ReferenceAdapter:
         )
 
     def _job_wait(self, args: dict[str, Any]) -> dict[str, Any]:
-        """qemu finishes the job's share and libvirt handles every event it raised."""
-        outcome = self.hypervisor.job_step(args["domain"], args["target"])
-        if outcome.ok:
-            mine = [
-                event
-                for event in self.hypervisor.events.pending
-                if event.domain == args["domain"] and event.target == args["target"]
-            ]
-            for event in mine:
-                self.hypervisor.deliver(event.id)
-        return _outcome(outcome)
+        return _outcome(self.hypervisor.job_wait(args["domain"], args["target"]))
 
     def _job_step(self, args: dict[str, Any]) -> dict[str, Any]:
         return _outcome(self.hypervisor.job_step(args["domain"], args["target"]))
