@@ -1044,8 +1044,6 @@ class Hypervisor:
         outcome = self.job_step(name, target)
         if outcome.ok:
             self._deliver_for(name, target)
-            if disk is not None:
-                disk.ended_unwaited = False
         return outcome
 
     def _deliver_for(self, name: str, target: str) -> None:
