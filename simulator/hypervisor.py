@@ -1107,10 +1107,13 @@ class Hypervisor:
         domain, disk, job, problem = self._current_job(name, target)
         if domain is None or disk is None:
             return problem
+        not_ready = _fail(OpError.JOB_NOT_READY, f"block job on '{target}' is not ready yet")
+        if job is not None and not job.pivot and self.rules.pivot_asks_ready_first:
+            return not_ready
         if job is None or job.kind not in (JobKind.COPY, JobKind.ACTIVE_COMMIT):
             return _fail(OpError.NO_JOB, f"no active block copy or active commit on '{target}'")
         if not job.pivot:
-            return _fail(OpError.JOB_NOT_READY, f"block job on '{target}' is not ready yet")
+            return not_ready
         return self._complete_pivot(domain, disk, job)
 
     def block_job_abort(self, name: str, target: str) -> Outcome:

@@ -178,11 +178,14 @@ class CacheRules:
     """Block jobs and snapshots check their arguments before the state of the domain and
     disk (seen on libvirt 9.0): a snapshot's overlay must be absolute while its XML is
     parsed, before its disk is looked up; a copy's destination must be absolute before
-    anything else; commit looks
-    top and base up before it asks that the domain runs (in a shut-off domain's definition,
-    where the chain is only the user's <backingStore>), that the disk has no other job and
-    that the drive has a medium; pull looks its base up before the medium check; a copy of
-    an empty drive numbers the mirror before it fails."""
+    anything else; commit looks top and base up before it asks that the domain runs (in a
+    shut-off domain's definition, where the chain is only the user's <backingStore>), that
+    the disk has no other job and that the drive has a medium; pull looks its base up
+    before the medium check; a copy of an empty drive numbers the mirror before it fails."""
+    pivot_asks_ready_first: bool = False
+    """A pivot asks first that the disk's job is ready (qemuDomainBlockPivot, -blockdev
+    era), so a pull or a plain commit, which never is, is 'not ready for pivot' rather than
+    no copy to pivot."""
 
 
 class HeaderDecoder(StrEnum):
@@ -287,6 +290,7 @@ _MODERN_CACHE = CacheRules(
     same_medium_is_noop=True,
     qemu_checks_layer_formats=True,
     arguments_first=True,
+    pivot_asks_ready_first=True,
 )
 
 LIBVIRT_1_0 = Profile(
