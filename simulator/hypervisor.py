@@ -876,6 +876,18 @@ class Hypervisor:
                 OpError.ACTIVE_COMMIT_NEEDS_FLAG,
                 f"active commit requested but '{top_name}' is not active",
             )
+        if self.rules.commit_stats_written_layers:
+            # The base, then the top's parent unless qemu writes it already.
+            written = [chain.layers[base_at]]
+            if top_at > 1:
+                written.append(chain.layers[top_at - 1])
+            for layer in written:
+                local = layer.type in (LayerType.FILE, LayerType.BLOCK)
+                if local and self.storage.kind(layer.filename) is None:
+                    return _fail(
+                        ErrorCode.NOT_FOUND,
+                        f"Path '{layer.filename}' is not accessible: No such file or directory",
+                    )
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)

@@ -182,6 +182,11 @@ class CacheRules:
     shut-off domain's definition, where the chain is only the user's <backingStore>), that
     the disk has no other job and that the drive has a medium; pull looks its base up
     before the medium check; a copy of an empty drive numbers the mirror before it fails."""
+    commit_stats_written_layers: bool = False
+    """Before a commit libvirt lets qemu write the base, and the top's parent when that is
+    not the active layer, through the devices cgroup, which stats each path: a deleted one
+    fails, 'Path ... is not accessible' (libvirt 9.0 with the cgroup devices controller).
+    qemu still holds the file open; a pull or copy asks for no new access and goes on."""
     pivot_asks_ready_first: bool = False
     """A pivot asks first that the disk's job is ready (qemuDomainBlockPivot, -blockdev
     era), so a pull or a plain commit, which never is, is 'not ready for pivot' rather than
@@ -291,6 +296,7 @@ _MODERN_CACHE = CacheRules(
     qemu_checks_layer_formats=True,
     arguments_first=True,
     pivot_asks_ready_first=True,
+    commit_stats_written_layers=True,
 )
 
 LIBVIRT_1_0 = Profile(
