@@ -44,7 +44,6 @@ DEFAULT_URI = "qemu:///system"
 NAME_PREFIX = "chainsuite-"
 MANAGED_DAEMON_MARKER = Path("/run/chainsuite-libvirtd.managed")
 """Written by scripts/libvirtd-service when it starts the daemon: only then may cases restart it."""
-LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 MODERN_SINCE = 6_001_000
 """libvirt 6.1: -blockdev always, the chain modelled rather than re-probed (libvirt-modern)."""
 JOB_TIMEOUT = 60.0
@@ -506,6 +505,7 @@ class LibvirtAdapter:
                 time.sleep(0.05)
         self._watch_jobs()
         self._wait_for_reconnect()
+        self._forget_unwaited_ends()
         return ok()
 
     def _chain(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -611,6 +611,21 @@ class LibvirtAdapter:
                         f"no block-job event for disk {key[1]} within {JOB_TIMEOUT:.0f} s"
                     )
                 self._events_changed.wait(remaining)
+
+    def _forget_unwaited_ends(self) -> None:
+        """A job that ended before a restart is news to no one after it: whether its event
+        reached this client before the daemon went down is a race, so none is kept (a
+        late one is ignored); a job still running keeps its events."""
+        with self._events_changed:
+            for (name, target), events in list(self._events.items()):
+                if events.ended_by_caller:
+                    continue
+                try:
+                    running = bool(self._connection.lookupByName(name).blockJobInfo(target, 0))
+                except self._libvirt.libvirtError:
+                    running = False
+                if not running:
+                    self._events[(name, target)] = _JobEvents(ended_by_caller=True)
 
     def _wait_for_reconnect(self) -> None:
         """After a restart libvirtd reconnects to each domain in a job of its own; wait for it."""
@@ -766,15 +781,37 @@ def _is_qcow2(path: Path) -> bool:
 
 
 def _restart_libvirtd() -> None:
-    """Kills libvirtd and starts it again; qemu processes keep running (a daemon restart)."""
-    try:
-        pid = int(LIBVIRTD_PIDFILE.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    """Stops libvirtd and starts it again; qemu processes keep running (a daemon restart).
+
+    The pidfile can lag behind a daemon that has only just started, so every libvirtd
+    process is stopped, and a start that finds the pidfile still held is tried again."""
+    failure = ""
+    for _attempt in range(3):
+        running = _libvirtd_pids()
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + RECONNECT_TIMEOUT
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while set(running) & set(_libvirtd_pids()) and time.monotonic() < deadline:
             time.sleep(0.02)
-    subprocess.run(["libvirtd", "-d"], check=True, timeout=RECONNECT_TIMEOUT)
+        started = subprocess.run(
+            ["libvirtd", "-d"], capture_output=True, text=True, timeout=RECONNECT_TIMEOUT
+        )
+        if started.returncode == 0:
+            return
+        failure = started.stderr.strip()
+        time.sleep(0.2)
+    raise AdapterError(f"libvirtd did not start again: {failure}")
+
+
+def _libvirtd_pids() -> list[int]:
+    """The living libvirtd processes (a zombie holds no lock and serves no one)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            name, _, rest = (entry / "stat").read_text().partition(") ")
+            if name.endswith("(libvirtd") and not rest.startswith("Z"):
+                pids.append(int(entry.name))
+    return pids
