@@ -544,6 +544,8 @@ class Hypervisor:
         """libvirtd restarts and reconnects to the running qemu processes."""
         for domain in self.domains.values():
             for disk in domain.live or ():
+                # A synchronous caller's wait does not outlive its connection to the daemon.
+                disk.ended_unwaited = False
                 if not self.rules.survives_restart:
                     disk.chain = None
                     disk.stale_reason = None
@@ -1451,14 +1453,15 @@ class Hypervisor:
                 layers = chain.layers[:1]
                 terminated = self.rules.pull_terminates
             else:
-                layers = chain.layers[:1] + chain.layers[names.index(job.base) :]
+                # The base lies below the top, which may be a file of the same name.
+                layers = chain.layers[:1] + chain.layers[names.index(job.base, 1) :]
                 terminated = chain.terminated
             disk.chain = Chain(layers, terminated)
             if domain.persistent:
                 self._follow_pull_in_definition(domain, chain, disk.chain)
         elif job.kind is JobKind.COMMIT:
-            top_at = names.index(job.top)
-            base_at = names.index(job.base) if job.base else len(names) - 1
+            top_at = names.index(job.top, 1)
+            base_at = names.index(job.base, top_at + 1) if job.base else len(names) - 1
             disk.chain = Chain(chain.layers[:top_at] + chain.layers[base_at:], chain.terminated)
             if job.delete:
                 self._delete_removed(job)
@@ -1529,7 +1532,7 @@ class Hypervisor:
         else:
             assert job.base is not None and chain is not None
             names = [layer.filename for layer in chain.layers]
-            base_at = names.index(job.base)
+            base_at = names.index(job.base, 1)
             base = chain.layers[base_at]
             old_top = disk.config.path
             disk.config = evolve(disk.config, path=base.filename, format=base.format, backing=())

@@ -1150,3 +1150,25 @@ def test_failed_job_whose_event_a_restart_lost_ends_2012(workdir, profile_name):
     # "A job qemu has finished no longer exists in qemu, which was the only record of it."
     assert not hv.jobs
     assert hv.block_pull("tr0", "vda").code != "job-active"
+
+
+def test_pull_to_a_base_named_like_the_reused_overlay_keeps_indexes_unique(workdir):
+    """Found by the machine: a read-only drive's reused overlay may be a file its chain
+    holds already; a pull to that lower file kept the overlay twice at completion."""
+    hv = _hv("libvirt-modern")
+    base = _raw(workdir)
+    mid, top = (os.path.join(workdir, name) for name in ("mid.qcow2", "top.qcow2"))
+    with open(mid, "wb") as image:
+        image.write(qcow2_bytes(base, "raw"))
+    with open(top, "wb") as image:
+        image.write(qcow2_bytes(mid, "qcow2"))
+    assert hv.create("tr0", [DiskConfig(CDROM, top, "qcow2", device="cdrom")]).ok
+    assert hv.snapshot("tr0", CDROM, mid, reuse=True).ok
+    assert hv.block_pull("tr0", CDROM, base=mid).ok
+    assert hv.job_wait("tr0", CDROM).ok
+    chain = hv.domains["tr0"].live_disk(CDROM).chain  # type: ignore[union-attr]
+    assert chain is not None
+    assert [layer.filename for layer in chain.layers] == [mid, mid, base]
+    indexes = [layer.index for layer in chain.layers]
+    assert len(set(indexes)) == len(indexes)
+    assert hv.violations() == []
