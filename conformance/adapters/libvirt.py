@@ -23,7 +23,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import threading
@@ -525,10 +524,11 @@ class LibvirtAdapter:
         if kind == "delete":
             os.unlink(path)
         elif kind == "replace":
-            try:
-                shutil.copyfile(args["content_from"], path)
+            try:  # read first: the content may come from the file itself
+                content = Path(args["content_from"]).read_bytes()
             except OSError as error:
                 return failed("file-missing", f"{args['content_from']}: {error.strerror}")
+            Path(path).write_bytes(content)
         elif kind == "rewrite-header":
             if not _is_qcow2(Path(path)):
                 return failed("unsupported", f"only a qcow2 header can be rewritten: '{path}'")

@@ -209,6 +209,9 @@ def test_faults_change_files_and_a_replaced_file_may_return(
     replace = {"fault": "replace", "path": str(image), "content_from": str(source)}
     assert libvirt_adapter.call("fault", replace) == {"rc": 0}
     assert image.read_bytes() == b"new content"
+    itself = {"fault": "replace", "path": str(image), "content_from": str(image)}
+    assert libvirt_adapter.call("fault", itself) == {"rc": 0}  # as the reference: no change
+    assert image.read_bytes() == b"new content"
     rewrite = {"fault": "rewrite-header", "path": str(image), "backing": None}
     assert libvirt_adapter.call("fault", rewrite)["error"]["code"] == "unsupported"
     assert image.read_bytes() == b"new content"
