@@ -28,6 +28,11 @@ from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotR
 from simulator.storage import Content, FileKind, ImageFile, LocalStorage, Storage
 
 DEFAULT_SIZE = 1 << 20
+QEMU_CHAIN_AS_CACHED = frozenset(
+    {None, "file-deleted", "file-replaced", "file-unreadable", "header-rewritten"}
+)
+"""Stale reasons under which the cache still shows the chain qemu has open: files changed
+behind both, but qemu keeps what it opened."""
 NON_BACKING_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - LIBVIRT_BACKING_FORMATS - {"none"}
 DEFINABLE_FORMATS = frozenset(LIBVIRT_FORMAT_NAMES) - {"none"}
 """The format names a disk definition accepts (virStorageFileFormatTypeFromString > 0)."""
@@ -819,10 +824,10 @@ class Hypervisor:
             base_format=chain.layers[base_layer].format if base_layer else None,
         )
         self._start_job(disk, job)
-        if not removed and disk.stale_reason is None:
+        if not removed and disk.stale_reason in QEMU_CHAIN_AS_CACHED:
             # Nothing lies between the top and the base: qemu's stream has nothing to copy
             # and ends at once, and libvirt handles the end before the caller's next call.
-            # (qemu judges by the chain it has open, which a stale cache may not show.)
+            # (qemu judges by the chain it has open, which a lagging cache may not show.)
             self.job_step(name, target)
             self._deliver_for(name, target)
             disk.ended_unwaited = True
