@@ -828,8 +828,7 @@ class Hypervisor:
             # Nothing lies between the top and the base: qemu's stream has nothing to copy
             # and ends at once, and libvirt handles the end before the caller's next call.
             # (qemu judges by the chain it has open, which a lagging cache may not show.)
-            self.job_step(name, target)
-            self._deliver_for(name, target)
+            self.job_wait(name, target)
             disk.ended_unwaited = True
         return OK
 
@@ -1055,20 +1054,15 @@ class Hypervisor:
         """A synchronous caller's wait (``virsh blockjob --wait``): qemu finishes its share
         of the disk's job and libvirt handles the events raised for the disk. A job that
         ended on its own since the last wait is reported as ended, once."""
-        domain = self.domains.get(name)
-        disk = domain.live_disk(target) if domain is not None and domain.running else None
-        if disk is not None and disk.job is None and disk.ended_unwaited:
+        _, disk, job, _ = self._current_job(name, target)
+        if disk is not None and job is None and disk.ended_unwaited:
             disk.ended_unwaited = False
             return OK
         outcome = self.job_step(name, target)
         if outcome.ok:
-            self._deliver_for(name, target)
+            for event in [e for e in self.events.pending if (e.domain, e.target) == (name, target)]:
+                self.deliver(event.id)
         return outcome
-
-    def _deliver_for(self, name: str, target: str) -> None:
-        """libvirt handles the pending events of one disk, in the order they were raised."""
-        for event in [e for e in self.events.pending if (e.domain, e.target) == (name, target)]:
-            self.deliver(event.id)
 
     def job_step(self, name: str, target: str) -> Outcome:
         """qemu finishes its share of the disk's job and raises the event (not yet handled)."""

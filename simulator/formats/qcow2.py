@@ -95,7 +95,7 @@ def decode_libvirt(header: Header, rules: LibvirtReadRules) -> HeaderInfo:
     name = _libvirt_backing_name(header, rules, backing_offset, backing_size)
     records: tuple[str, ...] = ()
     if name is not None and version is not None:  # a name lies past the version
-        records = _libvirt_backing_format_records(header, rules, version)
+        records = _libvirt_backing_format_records(header, rules, version, backing_offset)
     return HeaderInfo(
         format="qcow2",
         virtual_size=size,
@@ -122,9 +122,10 @@ def _libvirt_backing_name(
 
 
 def _libvirt_backing_format_records(
-    header: Header, rules: LibvirtReadRules, version: int
+    header: Header, rules: LibvirtReadRules, version: int, end: int
 ) -> tuple[str, ...]:
-    """Backing-format extensions, scanned the way the era's libvirt scanned them."""
+    """Backing-format extensions, scanned the way the era's libvirt scanned them, up to
+    ``end`` (the backing name's offset)."""
     if version < 2:
         return ()
     if version == 2 or not rules.qcow2_v3_extensions_at_header_length:
@@ -133,7 +134,6 @@ def _libvirt_backing_format_records(
         if not header.has(100, 4):
             return ()
         start = header.u32be(100)
-    end = header.u64be(8)
     if end > header.length:
         return ()
     found: list[str] = []
