@@ -328,6 +328,8 @@ class _LibvirtWalk:
         name = layer.backing_raw
         assert name is not None
         format = self._backing_format(info)
+        if name.startswith("/"):  # an absolute file name, the common case: nothing to parse
+            return self._next_file(layer, name, format, relative_name=None)
         if not self.profile.json_backing_names and not backing_names.is_file_name(name):
             self.layers[-1] = evolve(layer, backing_full=name)
             return _End.UNKNOWN
@@ -354,9 +356,15 @@ class _LibvirtWalk:
             self.layers[-1] = evolve(layer, backing_full=location.path)
             return _Pending(location.path or "", format, LayerType.DIR)
         path = location.path or name
-        relative = backing_names.is_relative(name)
-        if relative:
-            path = backing_names.resolve_relative_libvirt(layer.filename, path)
+        if not backing_names.is_relative(name):
+            return self._next_file(layer, path, format, relative_name=None)
+        path = backing_names.resolve_relative_libvirt(layer.filename, path)
+        return self._next_file(layer, path, format, relative_name=name)
+
+    def _next_file(
+        self, layer: Layer, path: str, format: str | None, relative_name: str | None
+    ) -> _Pending:
+        """The backing file at ``path``; ``relative_name`` is how the header named it relatively."""
         if self.profile.relative_names is RelativeNameRule.CANONICAL:
             try:
                 path = self.storage.canonical(path)
@@ -369,7 +377,7 @@ class _LibvirtWalk:
             path,
             format,
             LayerType.DIR if kind is FileKind.DIR else _file_type(kind),
-            relative_path=name if relative else None,
+            relative_path=relative_name,
         )
 
     def _backing_format(self, info: HeaderInfo) -> str | None:

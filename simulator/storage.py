@@ -147,6 +147,8 @@ class LocalStorage:
 
 
 SPARSE_BLOCK = 4096
+HEAD = 4096
+"""What a memory file keeps joined for header reads (a probe's reads lie within it)."""
 
 
 class _MemoryFile:
@@ -155,18 +157,24 @@ class _MemoryFile:
     def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
         self.parts = parts
         self.size = sum(len(part) for part in parts)
+        self._head: bytes | None = None
+        """The first HEAD bytes joined, once a read has asked for them: a file never
+        changes (a write makes a new one), and probes read the same header again and again."""
 
     def read(self, offset: int, length: int) -> bytes:
-        first = self.parts[0] if self.parts else b""
-        if offset + length <= len(first):  # a header read: within the first part
-            return bytes(first[offset : offset + length])
-        return b"".join(self._slices(offset, offset + length))
+        end = offset + length
+        if end <= HEAD:  # a header read
+            if self._head is None:
+                self._head = b"".join(self._slices(0, HEAD))
+            return self._head[offset:end]
+        return b"".join(self._slices(offset, end))
 
-    def written(self, offset: int, data: bytes) -> _MemoryFile:
+    def written(self, offset: int, data: Content) -> _MemoryFile:
         """This file with ``data`` over the bytes at ``offset``; the untouched parts are views."""
-        end = offset + len(data)
+        new = (data,) if isinstance(data, bytes) else data
+        end = offset + sum(len(part) for part in new)
         padding = bytes(max(0, offset - self.size))
-        parts: list[bytes | memoryview] = [*self._slices(0, offset), padding, data]
+        parts: list[bytes | memoryview] = [*self._slices(0, offset), padding, *new]
         parts += self._slices(end, self.size)
         return _MemoryFile(tuple(part for part in parts if len(part)))
 
@@ -252,7 +260,7 @@ class MemoryStorage:
         existing = self.files.get(key)
         if existing is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        self.files[key] = existing.written(offset, _joined(data))
+        self.files[key] = existing.written(offset, data)
 
     def remove(self, path: str) -> None:
         key = self._key(path)

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
-from simulator.formats.header import Header, HeaderInfo, HeaderRejected, LibvirtReadRules
+from simulator.formats.header import (
+    Header,
+    HeaderInfo,
+    HeaderRejected,
+    LibvirtReadRules,
+    NeedMoreBytes,
+)
 
 if TYPE_CHECKING:
     from simulator.storage import Storage
@@ -394,14 +400,16 @@ def _extension(magic: int, payload: bytes) -> bytes:
     return struct.pack(">II", magic, len(payload)) + padded
 
 
-def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str | None) -> bytes:
-    """The first cluster as qemu's qcow2_update_header rewrites it for a new backing.
+def with_backing(
+    header: Header, cluster_size: int, name: bytes | None, backing_format: str | None
+) -> tuple[bytes, memoryview]:
+    """The first cluster as qemu's qcow2_update_header rewrites it for a new backing: what
+    it writes, then the zeros that fill the rest of the cluster (shared, not copied).
 
     The header is kept; the backing-format extension is replaced (or dropped),
     other extensions are kept in order, and the name follows the end marker.
+    ``header`` holds the old first cluster, or enough of it (else NeedMoreBytes).
     """
-    header = Header.of(first_cluster)
-    cluster_size = 1 << header.u32be(20)
     version = header.u32be(4)
     header_length = V2_HEADER_LENGTH if version == 2 else header.u32be(100)
     old_offset = header.u64be(8)
@@ -409,12 +417,11 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
     kept = bytearray()
     offset = header_length
     while offset + 8 <= end:
-        magic = header.u32be(offset)
-        length = header.u32be(offset + 4)
+        magic, length = header.unpack(_EXTENSION_HEAD, offset)
         if magic == EXT_END or offset + 8 + length > end:
             break
         if magic != EXT_BACKING_FORMAT:
-            kept += first_cluster[offset : offset + 8 + _round8(length)]
+            kept += header.get(offset, offset + 8 + _round8(length))
         offset += 8 + _round8(length)
     extensions = bytearray()
     if backing_format is not None and name is not None:
@@ -424,9 +431,21 @@ def with_backing(first_cluster: bytes, name: bytes | None, backing_format: str |
     if name and new_offset + len(name) > cluster_size:
         raise ValueError("backing name does not fit in the first cluster")
     backing_fields = struct.pack(">QI", new_offset, len(name) if name else 0)
-    fields = first_cluster[:8] + backing_fields + first_cluster[20:header_length]
+    fields = header.get(0, 8) + backing_fields + header.get(20, header_length)
     written = fields.ljust(header_length, b"\0") + extensions + (name or b"")
-    return written + bytes(cluster_size - len(written))
+    if len(written) > cluster_size:
+        raise ValueError("the header does not fit in the first cluster")
+    return written, _zero_cluster(cluster_size)[len(written) :]
+
+
+@cache
+def _zero_cluster(cluster_size: int) -> memoryview:
+    return memoryview(bytes(cluster_size))
+
+
+REWRITE_FIRST_READ = 4096
+"""What a backing rewrite reads of the first cluster at first: the header, its extensions
+and the name lie within it unless a crafted image puts them further."""
 
 
 def rewrite_backing(
@@ -436,8 +455,13 @@ def rewrite_backing(
     image = storage.open(path)
     try:
         cluster = 1 << min(Header.of(image.read(0, 24)).u32be(20), MAX_CLUSTER_BITS)
-        first = image.read(0, cluster)
+        length = min(cluster, image.size)
+        name = backing.encode() if backing else None
+        try:
+            header = Header(image.read(0, min(length, REWRITE_FIRST_READ)), length)
+            written = with_backing(header, cluster, name, backing_format)
+        except NeedMoreBytes:
+            written = with_backing(Header.of(image.read(0, length)), cluster, name, backing_format)
     finally:
         image.close()
-    name = backing.encode() if backing else None
-    storage.write(path, with_backing(first, name, backing_format), 0)
+    storage.write(path, written, 0)
