@@ -163,6 +163,9 @@ class _MemoryFile:
 
     def read(self, offset: int, length: int) -> bytes:
         end = offset + length
+        first = self.parts[0] if self.parts else b""
+        if end <= len(first):
+            return bytes(first[offset:end])
         if end <= HEAD:  # a header read
             if self._head is None:
                 self._head = b"".join(self._slices(0, HEAD))
@@ -269,13 +272,11 @@ class MemoryStorage:
         self._count_below(key, -1)
 
     def _count_below(self, key: str, change: int) -> None:
-        directory = os.path.dirname(key)
-        while True:
+        directory = key
+        while directory != "/":
+            directory = directory[: directory.rindex("/")] or "/"  # dirname of a normal path
             count = self._files_below.get(directory, 0) + change
             if count:
                 self._files_below[directory] = count
             else:
                 del self._files_below[directory]
-            if directory == "/":
-                return
-            directory = os.path.dirname(directory)
