@@ -14,7 +14,7 @@ import pytest
 
 from simulator.profiles import get_profile
 from simulator.storage import HEAD, LocalStorage, MemoryStorage, Storage
-from simulator.workloads import STANDARD, run
+from simulator.workloads import STANDARD, Workload, run
 
 
 def outcome(action: Callable[[], object]) -> object:
@@ -109,7 +109,7 @@ def test_a_directory_goes_when_its_last_file_goes() -> None:
 
 
 @pytest.mark.parametrize("workload", STANDARD, ids=lambda workload: workload.name)
-def test_workloads_cost_the_same_in_memory_and_on_disk(workload, tmp_path: Path) -> None:
+def test_workloads_cost_the_same_in_memory_and_on_disk(workload: Workload, tmp_path: Path) -> None:
     profile = get_profile("libvirt-modern")
     on_disk = run(workload, profile, str(tmp_path))
     in_memory = run(workload, profile, str(tmp_path), storage=MemoryStorage())
