@@ -845,7 +845,7 @@ class Hypervisor:
     ) -> Outcome:
         """virDomainBlockCommit: the data of ``top`` and below (down to ``base``) into base."""
         if self.rules.arguments_first:
-            looked_up = self._commit_lookups_first(name, target, top, base)
+            looked_up = self._commit_lookups_first(name, target, top, base, shallow)
             if looked_up is not None:
                 return looked_up
         domain, disk, problem = self._job_disk(name, target)
@@ -858,17 +858,15 @@ class Hypervisor:
             return _fail(
                 OpError.UNSUPPORTED, "unsupported flags (0x2) in function qemuDomainBlockCommit"
             )
-        top_at, base_at, problem = self._commit_range(chain, target, top, base)
+        top_at, base_at, problem = self._commit_range(chain, target, top, base, shallow)
         if top_at is None or base_at is None:
             return problem
         top_name = chain.layers[top_at].filename
-        if shallow and base_at != top_at + 1:
-            return _fail(
-                OpError.BASE_NOT_BELOW_TOP,
-                # libvirt names the disk's source here, not its target.
-                f"base '{chain.layers[base_at].filename}' is not immediately below "
-                f"'{top_name}' in chain for '{chain.layers[0].filename}'",
-            )
+        active_first = self.rules.commit_active_checks_first
+        if not active_first:
+            problem = _commit_base_problem(chain, top_at, base_at, shallow)
+            if not problem.ok:
+                return problem
         # libvirt 9.0 looks the base up before it asks for the active flag.
         if top_at == 0 and not self.rules.active_commit:
             return _fail(OpError.UNSUPPORTED, "committing the active layer not supported yet")
@@ -882,6 +880,10 @@ class Hypervisor:
                 OpError.ACTIVE_COMMIT_NEEDS_FLAG,
                 f"active commit requested but '{top_name}' is not active",
             )
+        if active_first:
+            problem = _commit_base_problem(chain, top_at, base_at, shallow)
+            if not problem.ok:
+                return problem
         if self.rules.commit_stats_written_layers:
             # The base, then the top's parent unless qemu writes it already.
             written = [chain.layers[base_at]]
@@ -915,9 +917,12 @@ class Hypervisor:
         return OK
 
     def _commit_range(
-        self, chain: Chain, target: str, top: str | None, base: str | None
+        self, chain: Chain, target: str, top: str | None, base: str | None, shallow: bool
     ) -> tuple[int | None, int | None, Outcome]:
-        """The positions of ``top`` and ``base`` in the chain, or why they are not there."""
+        """The positions of ``top`` and ``base`` in the chain, or why they are not there.
+
+        A shallow commit without a base takes the layer right below the top; below the
+        bottom layer of a terminated chain that is the terminator, at ``len(chain)``."""
         addressing = self.rules.index is not IndexRule.NONE
         legacy = self.rules.legacy_commit_wording
         top_at: int | None = 0
@@ -935,10 +940,12 @@ class Hypervisor:
             if not self.rules.terminated_chains:
                 message = f"top '{top_name}' in chain for '{target}' has no backing file"
                 return top_at, None, _fail(OpError.TOP_HAS_NO_BACKING, message)
+            if shallow and base is None:
+                return top_at, top_at + 1, OK
             message = f"could not find base image in chain for '{target}'"
             return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
         if base is None:
-            return top_at, len(chain) - 1, OK
+            return top_at, top_at + 1 if shallow else len(chain) - 1, OK
         base_at = _lookup(chain, base, target, below=top_at, indexes=addressing)
         if base_at is not None:
             return top_at, base_at, OK
@@ -949,7 +956,7 @@ class Hypervisor:
         return top_at, None, _fail(OpError.BASE_NOT_FOUND, message)
 
     def _commit_lookups_first(
-        self, name: str, target: str, top: str | None, base: str | None
+        self, name: str, target: str, top: str | None, base: str | None, shallow: bool
     ) -> Outcome | None:
         """Top and base looked up before the domain and disk are checked, in the chain
         libvirt has then: the definition of a shut-off domain (the top and the user's
@@ -975,7 +982,7 @@ class Hypervisor:
                 chain, blocked = disk.chain, None
             else:
                 return None
-        top_at, base_at, problem = self._commit_range(chain, target, top, base)
+        top_at, base_at, problem = self._commit_range(chain, target, top, base, shallow)
         if top_at is None or base_at is None:
             return problem
         return blocked
@@ -1703,6 +1710,25 @@ def _parse_index(name: str, target: str) -> int | None:
 def _user_chain(config: DiskConfig) -> bool:
     """The definition gives a <backingStore>: elements, or only the empty terminator."""
     return bool(config.backing) or config.backing_terminated
+
+
+def _commit_base_problem(chain: Chain, top_at: int, base_at: int, shallow: bool) -> Outcome:
+    """What is wrong with a commit's base once top and base are found: below a terminated
+    chain's bottom layer lies only the terminator, and a shallow commit's base must lie
+    right below its top. libvirt names the disk's source here, not its target."""
+    top_name, source = chain.layers[top_at].filename, chain.layers[0].filename
+    if base_at == len(chain):
+        return _fail(
+            OpError.TOP_HAS_NO_BACKING,
+            f"top '{top_name}' in chain for '{source}' has no backing file",
+        )
+    if shallow and base_at != top_at + 1:
+        return _fail(
+            OpError.BASE_NOT_BELOW_TOP,
+            f"base '{chain.layers[base_at].filename}' is not immediately below "
+            f"'{top_name}' in chain for '{source}'",
+        )
+    return OK
 
 
 def _only_qcow2_rewritten(path: str) -> Outcome:

@@ -187,6 +187,10 @@ class CacheRules:
     not the active layer, through the devices cgroup, which stats each path: a deleted one
     fails, 'Path ... is not accessible' (libvirt 9.0 with the cgroup devices controller).
     qemu still holds the file open; a pull or copy asks for no new access and goes on."""
+    commit_active_checks_first: bool = False
+    """Block commit asks about the active layer (the flag, and whether the top is the active
+    layer) before it checks that the top has a backing and that a shallow commit's base is
+    right below it (qemuBlockCommit, libvirt 9.0); libvirt 1.x checked those first."""
     pivot_asks_ready_first: bool = False
     """A pivot asks first that the disk's job is ready (qemuDomainBlockPivot, -blockdev
     era), so a pull or a plain commit, which never is, is 'not ready for pivot' rather than
@@ -297,6 +301,7 @@ _MODERN_CACHE = CacheRules(
     arguments_first=True,
     pivot_asks_ready_first=True,
     commit_stats_written_layers=True,
+    commit_active_checks_first=True,
 )
 
 LIBVIRT_1_0 = Profile(
