@@ -22,10 +22,11 @@ from simulator.blockjobs import BlockJob, EventQueue, EventType, JobEvent, JobKi
 from simulator.formats import qcow2
 from simulator.formats.header import Header, HeaderRejected, decode_c_name
 from simulator.formats.names import LIBVIRT_BACKING_FORMATS, LIBVIRT_FORMAT_NAMES
-from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType, evolve
+from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.prober import Prober
 from simulator.profiles import LIBVIRT_MAX_HEADER, IndexRule, Profile, SnapshotRule
 from simulator.storage import Content, FileKind, ImageFile, LocalStorage, Storage
+from simulator.values import evolve
 
 DEFAULT_SIZE = 1 << 20
 QEMU_CHAIN_AS_CACHED = frozenset(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
+
+from simulator.values import quick_init
 
 
 class LayerType(StrEnum):
@@ -90,6 +92,7 @@ class NetworkHost:
         return result
 
 
+@quick_init
 @dataclass(frozen=True)
 class Layer:
     """One element of a backing chain, top first.
@@ -173,16 +176,3 @@ class Chain:
             item["backing-known"] = position < last or self.terminated
             result.append(item)
         return result
-
-
-_Value = TypeVar("_Value")
-
-
-def evolve(value: _Value, **changes: object) -> _Value:
-    """``dataclasses.replace`` for the frozen values of this package, which validate nothing
-    in ``__init__``: a copy of the fields with ``changes`` applied, without calling it (a
-    simulation makes hundreds of thousands of such copies)."""
-    copy = object.__new__(type(value))
-    copy.__dict__.update(value.__dict__)
-    copy.__dict__.update(changes)
-    return copy

@@ -22,7 +22,7 @@ from simulator.formats.header import (
     decode_c_name,
 )
 from simulator.formats.names import LIBVIRT_FORMAT_NAMES
-from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType, evolve
+from simulator.model import Chain, ChainError, ErrorCode, Layer, LayerType
 from simulator.profiles import (
     DetectionRule,
     HeaderDecoder,
@@ -35,6 +35,7 @@ from simulator.profiles import (
     UnrecordedBackingRule,
 )
 from simulator.storage import FileKind, ImageFile, LocalStorage, Storage
+from simulator.values import evolve, quick_init
 
 FIRST_READ = 1024
 """Bytes read of a header at first; well-formed headers need no more."""
@@ -64,6 +65,7 @@ class _End(Enum):
     UNKNOWN = "unknown"
 
 
+@quick_init
 @dataclass(frozen=True)
 class _Pending:
     """The next image to visit, as its parent named it."""

@@ -11,8 +11,10 @@ decodes again; so a well-formed header costs one small read.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from simulator.values import quick_init
 
 _U16BE = struct.Struct(">H")
 _U32BE = struct.Struct(">I")
@@ -33,6 +35,7 @@ class HeaderRejected(Exception):
     """The header is one the rules refuse to open (qemu's open errors)."""
 
 
+@quick_init
 @dataclass(frozen=True)
 class Header:
     """Bytes from offset 0; ``length`` is how many bytes the rules let the decoder see.
@@ -121,6 +124,7 @@ class Header:
         return self.get(start, limit)
 
 
+@quick_init
 @dataclass(frozen=True)
 class HeaderInfo:
     """What one header says about its image, as the active rules read it.
@@ -140,7 +144,7 @@ class HeaderInfo:
     version: int | None = None
     cluster_size: int | None = None
     compat: str | None = None
-    features: frozenset[str] = field(default_factory=frozenset)
+    features: frozenset[str] = frozenset()
     data_file: bytes | None = None
     encryption: str | None = None
 
