@@ -147,8 +147,6 @@ class LocalStorage:
 
 
 SPARSE_BLOCK = 4096
-HEAD = 4096
-"""What a memory file keeps joined for header reads (a probe's reads lie within it)."""
 
 
 class _MemoryFile:
@@ -157,19 +155,12 @@ class _MemoryFile:
     def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
         self.parts = parts
         self.size = sum(len(part) for part in parts)
-        self._head: bytes | None = None
-        """The first HEAD bytes joined, once a read has asked for them: a file never
-        changes (a write makes a new one), and probes read the same header again and again."""
 
     def read(self, offset: int, length: int) -> bytes:
         end = offset + length
         first = self.parts[0] if self.parts else b""
-        if end <= len(first):
+        if end <= len(first):  # a header read, in an image's first part
             return bytes(first[offset:end])
-        if end <= HEAD:  # a header read
-            if self._head is None:
-                self._head = b"".join(self._slices(0, HEAD))
-            return self._head[offset:end]
         return b"".join(self._slices(offset, end))
 
     def written(self, offset: int, data: Content) -> _MemoryFile:

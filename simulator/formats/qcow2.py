@@ -323,9 +323,15 @@ def encode(image: Qcow2Image) -> bytes:
     return header + rest
 
 
+FIRST_PART = 4096
+"""How much of an image the first of its parts holds (header, extensions, name, then what
+follows them): a header read in memory then takes one slice."""
+
+
 def encode_parts(image: Qcow2Image) -> tuple[bytes, memoryview]:
-    """An empty qcow2 image as its header (header, extensions, backing name) and the rest
-    (refcount table and block, L1), which images of one geometry share.
+    """An empty qcow2 image as its first FIRST_PART bytes (header, extensions, backing name
+    and what follows) and the rest (refcount table and block, L1), which images of one
+    geometry share.
 
     The layout follows qemu-img 7.2 (v3: header_length 112, backing format
     extension first, backing name after the end marker), so that ``qemu-img
@@ -379,7 +385,9 @@ def encode_parts(image: Qcow2Image) -> tuple[bytes, memoryview]:
     if image.backing_name:
         header += bytes(backing_offset - len(header)) + backing
     # The rest is shared by every image of this geometry: a view, not a copy.
-    return header, memoryview(_empty_image(image.cluster_bits, l1_clusters))[len(header) :]
+    empty = _empty_image(image.cluster_bits, l1_clusters)
+    first = header + empty[len(header) : FIRST_PART]
+    return first, memoryview(empty)[len(first) :]
 
 
 @cache
@@ -404,7 +412,8 @@ def with_backing(
     header: Header, cluster_size: int, name: bytes | None, backing_format: str | None
 ) -> tuple[bytes, memoryview]:
     """The first cluster as qemu's qcow2_update_header rewrites it for a new backing: what
-    it writes, then the zeros that fill the rest of the cluster (shared, not copied).
+    it writes with the zeros after it up to FIRST_PART, then the rest of the cluster's
+    zeros (shared, not copied).
 
     The header is kept; the backing-format extension is replaced (or dropped),
     other extensions are kept in order, and the name follows the end marker.
@@ -435,7 +444,9 @@ def with_backing(
     written = fields.ljust(header_length, b"\0") + extensions + (name or b"")
     if len(written) > cluster_size:
         raise ValueError("the header does not fit in the first cluster")
-    return written, _zero_cluster(cluster_size)[len(written) :]
+    zeros = _zero_cluster(cluster_size)
+    first = written + zeros[len(written) : FIRST_PART]
+    return first, zeros[len(first) :]
 
 
 @cache
