@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from simulator import backing as backing_names
@@ -135,6 +135,9 @@ class LiveDisk:
     ended_unwaited: bool = False
     """A job of this disk ended on its own and no caller has waited for it since: the next
     wait reports its end."""
+    detached_files: set[str] = field(default_factory=set)
+    """Files this disk's qemu holds open that their path no longer reaches (deleted since,
+    by lock key): qemu writes to them through its descriptors, unseen."""
 
 
 @dataclass
@@ -747,6 +750,7 @@ class Hypervisor:
                 else config
                 for config in domain.config
             ]
+        disk.detached_files.discard(self._lock_key(overlay))  # qemu opens what is there now
         self.granted.setdefault(name, set()).add(overlay)
         return OK
 
@@ -1085,9 +1089,11 @@ class Hypervisor:
         if job.kind in (JobKind.PULL, JobKind.COMMIT):
             rewritten = job.top if job.kind is JobKind.PULL else job.parent
             needs_rewrite = job.removed if job.kind is JobKind.PULL else rewritten is not None
-            if needs_rewrite and rewritten is not None:
+            detached = rewritten is not None and self._lock_key(rewritten) in disk.detached_files
+            if needs_rewrite and rewritten is not None and not detached:
                 try:
-                    self._rewrite_backing(rewritten, job.base, job.base_format)
+                    # Through qemu's descriptors: a file made unreadable since is written.
+                    qcow2.rewrite_backing(self.storage.inner, rewritten, job.base, job.base_format)
                 except (OSError, ValueError, HeaderRejected):
                     # The image changed under qemu: its job fails rather than completes.
                     job.state = JobState.FAILED
@@ -1154,10 +1160,12 @@ class Hypervisor:
     # -- faults -------------------------------------------------------------------------
 
     def delete_file(self, path: str) -> Outcome:
+        key = self._lock_key(path)
         try:
             self.storage.remove(path)
         except OSError as error:
             return _fail(OpError.FILE_MISSING, f"cannot delete '{path}': {error.strerror}")
+        self._detach_from_qemu(key)
         self._files_changed(path, "file-deleted")
         return OK
 
@@ -1167,9 +1175,20 @@ class Hypervisor:
         return OK
 
     def replace_file(self, path: str, content: bytes) -> Outcome:
+        """The file's content changes in place: qemu's descriptors see it (a deleted file
+        returns as a new one, which they do not)."""
         self.storage.write(path, content)
         self._files_changed(path, "file-replaced")
         return OK
+
+    def _detach_from_qemu(self, key: str) -> None:
+        """The file with lock key ``key`` left its path: qemu nodes that have it open keep it,
+        and a file made there later is another one."""
+        for domain in self.domains.values():
+            for disk in domain.live or ():
+                writes, reads = self._disk_files(disk)
+                if key in writes or key in reads:
+                    disk.detached_files.add(key)
 
     def rewrite_header(self, path: str, backing: str | None, backing_format: str | None) -> Outcome:
         """A qcow2 file's backing name and format changed behind libvirt's back."""
@@ -1417,6 +1436,8 @@ class Hypervisor:
     def _start_job(self, disk: LiveDisk, job: BlockJob) -> None:
         disk.job = job.id
         disk.ended_unwaited = False
+        if job.destination is not None:  # qemu opens what is at the path now
+            disk.detached_files.discard(self._lock_key(job.destination))
 
     def _new_job(self, kind: JobKind, domain: str, target: str, **details: object) -> BlockJob:
         job = BlockJob(self._next_job, kind, domain, target, **details)  # type: ignore[arg-type]

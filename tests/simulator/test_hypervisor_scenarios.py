@@ -27,7 +27,7 @@ from simulator.hypervisor import (
     OpError,
     Outcome,
 )
-from simulator.model import ErrorCode, LayerType
+from simulator.model import Chain, ErrorCode, LayerType
 from simulator.profiles import LIBVIRT_1_0, LIBVIRT_MODERN, SEED_V2, Profile
 from tests.simulator.hv_helpers import (
     LIBVIRT_PROFILES,
@@ -1152,3 +1152,38 @@ def test_snapshot_after_a_failed_forced_reprobe_modern(tmp):
     assert chain is not None
     assert [layer.filename for layer in chain.layers] == [overlay, paths["top.qcow2"]]
     assert chain.terminated is False
+
+
+# --------------------------------------------------------------------------- qemu's descriptors
+
+
+def test_a_pull_writes_the_top_qemu_holds_even_once_unreadable(tmp):
+    """qemu opened the top before it became unreadable: its pull completes and the file's
+    header loses its backing; only the manager's later opens are refused."""
+    paths = three(tmp)
+    hv = Hypervisor(MODERN)
+    run(hv, "guest", disk(paths["top.qcow2"]))
+    assert hv.block_pull("guest", "vda").ok
+    assert hv.make_unreadable(paths["top.qcow2"]).ok
+    assert hv.job_wait("guest", "vda").ok
+    assert files(hv.chain("guest", "vda")) == [paths["top.qcow2"]]
+    hv.storage.unreadable.clear()
+    fresh = hv.fresh_chain(disk(paths["top.qcow2"]))
+    assert isinstance(fresh, Chain)
+    assert files(fresh) == [paths["top.qcow2"]]
+
+
+def test_a_deleted_top_takes_the_pull_s_write_with_it(tmp):
+    """The top deleted while a pull runs is still qemu's: the pull completes into the
+    unlinked file, and a file made at the path afterwards is untouched by it."""
+    paths = three(tmp)
+    hv = Hypervisor(MODERN)
+    run(hv, "guest", disk(paths["top.qcow2"]))
+    assert hv.block_pull("guest", "vda").ok
+    assert hv.delete_file(paths["top.qcow2"]).ok
+    assert hv.replace_file(paths["top.qcow2"], Path(paths["mid.qcow2"]).read_bytes()).ok
+    assert hv.job_wait("guest", "vda").ok
+    assert files(hv.chain("guest", "vda")) == [paths["top.qcow2"]]
+    fresh = hv.fresh_chain(disk(paths["top.qcow2"]))
+    assert isinstance(fresh, Chain)
+    assert files(fresh) == [paths["top.qcow2"], paths["base.qcow2"]]
