@@ -69,6 +69,7 @@ class OpError(StrEnum):
     INVALID_CONFIG = "invalid-config"
     TRANSIENT = "domain-transient"
     NOT_IN_FORMAT = "image-not-in-format"
+    MEDIUM_NOT_IN_QEMU = "medium-not-in-qemu"
 
 
 class DiskType(StrEnum):
@@ -135,6 +136,10 @@ class LiveDisk:
     ended_unwaited: bool = False
     """A job of this disk ended on its own and no caller has waited for it since: the next
     wait reports its end."""
+    medium_lost: bool = False
+    """qemu has no medium in this drive while libvirt lists a source for it (a media change
+    qemu refused after the old medium was removed, or an eject): the node names libvirt
+    gives qemu for it name nothing."""
     detached_files: set[str] = field(default_factory=set)
     """Files this disk's qemu holds open that their path no longer reaches (deleted since,
     by lock key): qemu writes to them through its descriptors, unseen."""
@@ -645,10 +650,13 @@ class Hypervisor:
             *self._disk_files(candidate), excluding=(disk,)
         ) or self._qemu_open_refusal([candidate])
         if refused is not None:
+            # qemu refused to open the new medium; in 9.0 the old one is gone already.
+            disk.medium_lost = self.rules.media_change_removes_first
             return refused
         self._revoke(name, disk, whole_chain=True)
         disk.config = new_config
         disk.top_index = candidate.top_index
+        disk.medium_lost = self.rules.media_change_removes_first and path is None
         if self.rules.media_change_keeps_old_chain:
             # The probe ran on a copy of the definition, which is freed: the old chain stays.
             disk.stale_reason = "media-change-keeps-old-chain" if disk.chain else None
@@ -701,6 +709,8 @@ class Hypervisor:
         # open it, so such a snapshot still uses up an index.
         counter = self.rules.index is IndexRule.DOMAIN_COUNTER
         overlay_index = self._new_index(domain) if counter else 0
+        if disk.medium_lost:
+            return _no_size_for_node(disk)
         if not disk.config.path:
             return _no_source(target)
         if reuse:  # a new overlay is no file anyone holds
@@ -802,6 +812,8 @@ class Hypervisor:
             if base is not None:
                 # libvirt 9.0 looks the base up below the empty drive's null source first.
                 return _fail(OpError.BASE_NOT_FOUND, _not_in_chain(base, target, NULL_SOURCE, True))
+            if disk.medium_lost:
+                return _no_node_for_stream(disk.top_index)
             return _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
@@ -819,6 +831,8 @@ class Hypervisor:
         )
         if removed and chain.layers[0].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[0].filename)
+        if disk.medium_lost:
+            return _no_node_for_stream(disk.top_index)
         job = self._new_job(
             JobKind.PULL,
             name,
@@ -904,6 +918,10 @@ class Hypervisor:
         kind = JobKind.ACTIVE_COMMIT if top_at == 0 else JobKind.COMMIT
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)
+        if disk.medium_lost:
+            node = _format_node(disk.top_index)
+            message = f"unable to execute QEMU command 'block-commit': Device '{node}' not found"
+            return _fail(OpError.MEDIUM_NOT_IN_QEMU, message)
         locked = self._lock_conflict({chain.layers[base_at].filename}, set(), excluding=(disk,))
         if locked is not None:
             return locked
@@ -1022,10 +1040,10 @@ class Hypervisor:
         # open the destination, so such a copy still uses up its index; a reused shallow
         # destination's backing is detected and numbered too.
         counter = self.rules.index is IndexRule.DOMAIN_COUNTER
-        if not disk.config.path:
+        if not disk.config.path or disk.medium_lost:
             if counter:
                 self._new_index(domain)
-            return _no_source(target)
+            return _no_size_for_node(disk) if disk.medium_lost else _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
@@ -1800,6 +1818,27 @@ def _no_domain(name: str) -> Outcome:
 
 def _relative_copy_destination(destination: str) -> Outcome:
     return _fail(OpError.INVALID_PATH, f"copy destination '{destination}' must be absolute")
+
+
+def _format_node(index: int) -> str:
+    """The name libvirt 9.0 gives the format node of the source numbered ``index``."""
+    return f"libvirt-{index}-format"
+
+
+def _no_node_for_stream(index: int) -> Outcome:
+    node = _format_node(index)
+    return _fail(
+        OpError.MEDIUM_NOT_IN_QEMU,
+        f"unable to execute QEMU command 'block-stream': "
+        f"Cannot find device='{node}' nor node-name='{node}'",
+    )
+
+
+def _no_size_for_node(disk: LiveDisk) -> Outcome:
+    """libvirt asks qemu the size of a copy's or snapshot's disk before it starts."""
+    node = _format_node(disk.top_index)
+    message = f"failed to update capacity data for block node '{node}'"
+    return _fail(OpError.MEDIUM_NOT_IN_QEMU, message)
 
 
 def _no_source(target: str) -> Outcome:

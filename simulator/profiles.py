@@ -187,6 +187,12 @@ class CacheRules:
     not the active layer, through the devices cgroup, which stats each path: a deleted one
     fails, 'Path ... is not accessible' (libvirt 9.0 with the cgroup devices controller).
     qemu still holds the file open; a pull or copy asks for no new access and goes on."""
+    media_change_removes_first: bool = False
+    """A media change removes the old medium and its nodes from qemu before it adds the new
+    one (qemuDomainChangeMediaBlockdev, libvirt 9.0): when qemu refuses the new one, the
+    drive has no medium while libvirt keeps the old source, and an ejected drive keeps an
+    empty source that names nodes too. A job or snapshot of such a drive fails in qemu, or
+    in libvirt's size query, on a node that is not there."""
     commit_active_checks_first: bool = False
     """Block commit asks about the active layer (the flag, and whether the top is the active
     layer) before it checks that the top has a backing and that a shallow commit's base is
@@ -302,6 +308,7 @@ _MODERN_CACHE = CacheRules(
     pivot_asks_ready_first=True,
     commit_stats_written_layers=True,
     commit_active_checks_first=True,
+    media_change_removes_first=True,
 )
 
 LIBVIRT_1_0 = Profile(

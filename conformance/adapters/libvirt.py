@@ -169,6 +169,13 @@ _ERROR_CODES: tuple[tuple[str, str], ...] = (
     (r"already exists and is not a block device|[Ff]ile exists", "file-exists"),
     (r"only in removable drives|is not removable|Cannot change media", "not-removable"),
     (r"missing source information for device", "missing-source"),
+    # A drive whose medium qemu no longer has (a refused media change, an eject): libvirt
+    # 9.0 names the old format node to qemu, or asks its size.
+    (
+        r"Cannot find device='libvirt-\d+-format' nor node-name|Device 'libvirt-\d+-format' "
+        r"not found|failed to update capacity data for block node 'libvirt-\d+-format'",
+        "medium-not-in-qemu",
+    ),
     # 9.0 gets as far as qemu with an empty drive's snapshot or copy, then fails on its null
     # node; a pull, or a snapshot to a reused overlay, sends qemu a null device or node.
     (r"failed to update capacity data for block node '\(null\)'", "disk-has-no-source"),
