@@ -152,6 +152,7 @@ def test_nothing_is_left_behind_when_cases_fail_or_hang(libvirt_adapter: Any) ->
         assert runner.run(hanging).status is Status.ERROR
     finally:
         libvirt_adapter._job_wait = original
+    libvirt_adapter.wait_for_removals()
     left = [
         domain.name()
         for domain in libvirt_adapter._connection.listAllDomains()
