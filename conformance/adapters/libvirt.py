@@ -1,8 +1,9 @@
 """A real libvirt daemon driving real qemu, through libvirt-python.
 
 Each case's domains are small TCG guests with no OS (``type='qemu'``, 64 MiB),
-started paused, named ``chainsuite-<pid>-<token>-<case's name>`` so nothing
-the adapter did not create is ever touched; a run's leftovers (also those of a
+started paused, named ``chainsuite-<pid>-<token>-<case number>-<case's name>`` so
+nothing the adapter did not create is ever touched. A case's domains are removed
+in the background while the next case runs; a run's leftovers (also those of a
 run that crashed: its pid is gone) are removed when the next adapter opens.
 Disks are SCSI (virtio-scsi): their hot-unplug needs no guest, and their
 target names (``vda``) stay the case's.
