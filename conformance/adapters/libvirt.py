@@ -214,6 +214,10 @@ class LibvirtAdapter:
 
     def __init__(self, uri: str = DEFAULT_URI) -> None:
         self._libvirt = _libvirt()
+        if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+            # libvirt's client writes to the daemon's socket: a daemon gone (a restart) must
+            # be an error of the call, not a SIGPIPE that ends the process.
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         _start_event_loop(self._libvirt)
         self.uri = uri
         self.prefix = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}-"
