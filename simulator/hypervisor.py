@@ -710,7 +710,7 @@ class Hypervisor:
         counter = self.rules.index is IndexRule.DOMAIN_COUNTER
         overlay_index = self._new_index(domain) if counter else 0
         if disk.medium_lost:
-            return _no_size_for_node(disk)
+            return _no_size_for_node(disk.top_index)
         if not disk.config.path:
             return _no_source(target)
         if reuse:  # a new overlay is no file anyone holds
@@ -919,9 +919,7 @@ class Hypervisor:
         if kind is JobKind.COMMIT and chain.layers[top_at - 1].format != "qcow2":
             return _only_qcow2_rewritten(chain.layers[top_at - 1].filename)
         if disk.medium_lost:
-            node = _format_node(disk.top_index)
-            message = f"unable to execute QEMU command 'block-commit': Device '{node}' not found"
-            return _fail(OpError.MEDIUM_NOT_IN_QEMU, message)
+            return _no_node_for_commit(disk.top_index)
         locked = self._lock_conflict({chain.layers[base_at].filename}, set(), excluding=(disk,))
         if locked is not None:
             return locked
@@ -1043,7 +1041,7 @@ class Hypervisor:
         if not disk.config.path or disk.medium_lost:
             if counter:
                 self._new_index(domain)
-            return _no_size_for_node(disk) if disk.medium_lost else _no_source(target)
+            return _no_size_for_node(disk.top_index) if disk.medium_lost else _no_source(target)
         chain, problem = self._chain_for_job(domain, disk)
         if chain is None:
             return problem
@@ -1110,8 +1108,7 @@ class Hypervisor:
             detached = rewritten is not None and self._lock_key(rewritten) in disk.detached_files
             if needs_rewrite and rewritten is not None and not detached:
                 try:
-                    # Through qemu's descriptors: a file made unreadable since is written.
-                    qcow2.rewrite_backing(self.storage.inner, rewritten, job.base, job.base_format)
+                    self._rewrite_backing(rewritten, job.base, job.base_format)
                 except (OSError, ValueError, HeaderRejected):
                     # The image changed under qemu: its job fails rather than completes.
                     job.state = JobState.FAILED
@@ -1628,8 +1625,9 @@ class Hypervisor:
         return decode_c_name(info.backing_name) if info.backing_name else None
 
     def _rewrite_backing(self, path: str, backing: str | None, fmt: str | None) -> None:
-        """What qemu writes into an overlay's header when its backing changes."""
-        qcow2.rewrite_backing(self.storage, path, backing, fmt)
+        """What qemu writes into an overlay's header when its backing changes, through the
+        descriptor it holds (a file made unreadable since is written all the same)."""
+        qcow2.rewrite_backing(self.storage.inner, path, backing, fmt)
 
     def _virtual_size(self, disk: LiveDisk) -> int:
         if disk.chain is not None and disk.chain.layers[0].virtual_size:
@@ -1834,9 +1832,15 @@ def _no_node_for_stream(index: int) -> Outcome:
     )
 
 
-def _no_size_for_node(disk: LiveDisk) -> Outcome:
+def _no_node_for_commit(index: int) -> Outcome:
+    node = _format_node(index)
+    message = f"unable to execute QEMU command 'block-commit': Device '{node}' not found"
+    return _fail(OpError.MEDIUM_NOT_IN_QEMU, message)
+
+
+def _no_size_for_node(index: int) -> Outcome:
     """libvirt asks qemu the size of a copy's or snapshot's disk before it starts."""
-    node = _format_node(disk.top_index)
+    node = _format_node(index)
     message = f"failed to update capacity data for block node '{node}'"
     return _fail(OpError.MEDIUM_NOT_IN_QEMU, message)
 

@@ -454,22 +454,20 @@ def _zero_cluster(cluster_size: int) -> memoryview:
     return memoryview(bytes(cluster_size))
 
 
-REWRITE_FIRST_READ = 4096
-"""What a backing rewrite reads of the first cluster at first: the header, its extensions
-and the name lie within it unless a crafted image puts them further."""
-
-
 def rewrite_backing(
     storage: Storage, path: str, backing: str | None, backing_format: str | None
 ) -> None:
     """Rewrites the backing name and format an existing qcow2 file records, in place."""
     image = storage.open(path)
     try:
-        cluster = 1 << min(Header.of(image.read(0, 24)).u32be(20), MAX_CLUSTER_BITS)
+        # The header, its extensions and the name lie in the first FIRST_PART bytes unless
+        # a crafted image puts them further.
+        head = image.read(0, FIRST_PART)
+        cluster = 1 << min(Header.of(head).u32be(20), MAX_CLUSTER_BITS)
         length = min(cluster, image.size)
         name = backing.encode() if backing else None
         try:
-            header = Header(image.read(0, min(length, REWRITE_FIRST_READ)), length)
+            header = Header(head[:length], length)
             written = with_backing(header, cluster, name, backing_format)
         except NeedMoreBytes:
             written = with_backing(Header.of(image.read(0, length)), cluster, name, backing_format)
